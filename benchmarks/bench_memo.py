@@ -4,8 +4,12 @@ l_seg 256, l_sum 32).
 1. Forward+backward time of sequence mode on T-step sequences: the cached-memory path (each summary
    encoded once, its K/V reused) against the naive path that re-encodes ``[M | C | E]`` per window
    (the test oracle in ``tests/nn/naive_memo.py``), with the tokens each pushes through the layers.
-2. Step-mode cache bytes per row at 4,096 and 32,000 steps (cache rebuilt with ``refresh``, then read
-   with ``cache_nbytes``) against a full-context Transformer's cache of ``t`` tokens.
+2. Step-mode cache bytes per row at 4,096 and 32,000 steps, and at the last step of the segments
+   they open (where the current segment is fullest), the cache rebuilt with ``refresh`` and read with
+   ``cache_nbytes``, against a full-context Transformer's cache of ``t`` tokens.
+
+Denormal floats (tiny gradients of a mean loss) slow CPU matrix products by an order of magnitude
+and would swamp the comparison, so the script flushes them to zero (``torch.set_flush_denormal``).
 
     python benchmarks/bench_memo.py            # the reference run
     python benchmarks/bench_memo.py --quick    # a small smoke run
@@ -58,12 +62,12 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     size = dict(d_model=256, n_layers=4, n_heads=8, mlp_ratio=4.0, segment_len=256, summary_len=32)
-    horizons = (4096, 32000)
+    horizons = (4096, 4096 + 255, 32000, 32000 + 255)
     if args.quick:
         size = dict(d_model=64, n_layers=2, n_heads=4, mlp_ratio=4.0, segment_len=64, summary_len=8)
-        args.steps, horizons = 512, (512, 4000)
+        args.steps, horizons = 512, (512, 512 + 63, 4032, 4032 + 63)
     torch.manual_seed(0)
-    torch.set_num_threads(max(1, torch.get_num_threads()))
+    torch.set_flush_denormal(True)
     memo = MemoMemory(**size).eval()  # eval: fixed l_seg so both paths do the same work
     x = torch.randn(args.batch, args.steps, size["d_model"])
     seg, summ = size["segment_len"], size["summary_len"]

@@ -94,8 +94,13 @@ class SequenceMemory(TensorDictModuleBase):
         out = self._sequence(packed[0], segment_len=segment_len, episode_start=packed[1])
         return unpack_trials(out, index, x.shape[:2])
 
+    @torch.no_grad()
     def step(self, x: Tensor, is_init: Tensor | None = None, episode_start: Tensor | None = None) -> Tensor:
-        """Step mode. ``x [B,D]``, ``is_init/episode_start [B] bool`` -> ``[B,D]``."""
+        """Step mode. ``x [B,D]``, ``is_init/episode_start [B] bool`` -> ``[B,D]``.
+
+        Acting only: no autograd graph is built (the cache would otherwise chain every step of a
+        rollout into one graph). Train with :meth:`forward_sequence`.
+        """
         self._check_x(x, rank=2, name="x")
         batch = x.shape[0]
         is_init = self._check_flags(is_init, (batch,), "is_init") if is_init is not None else None
