@@ -89,7 +89,7 @@ def main() -> None:
     for path, tokens, seconds in rows:
         print(f"{path:<8} {tokens:>8} {seconds:>9.3f} {naive_time / seconds:>8.2f}x")
 
-    print(f"\nStep-mode cache per row (float32), Memo vs a full-context cache of t tokens")
+    print("\nStep-mode cache per row (float32), Memo vs a full-context cache of t tokens")
     per_token = 2 * size["n_layers"] * size["d_model"] * 4
     print(f"{'steps':>7} {'memo tokens':>12} {'memo MiB':>9} {'full MiB':>9} {'ratio':>7}")
     with torch.no_grad():

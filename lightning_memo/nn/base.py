@@ -23,7 +23,8 @@ from tensordict import TensorDictBase
 from tensordict.nn import TensorDictModuleBase
 from torch import Tensor
 
-from lightning_memo.nn.trials import pack_trials, unpack_trials, last_trial
+from lightning_memo.nn.cache import KVCache
+from lightning_memo.nn.trials import last_trial, pack_trials, unpack_trials
 
 
 def config_from_kwargs(config_cls: type, config: Any, kwargs: dict, memory_name: str) -> Any:
@@ -256,3 +257,39 @@ class SequenceMemory(TensorDictModuleBase):
             resets |= self._check_flags(episode_start, tuple(shape), "episode_start")
         resets[:, 0] = True
         return resets
+
+
+class CachedMemory(SequenceMemory):
+    """A Transformer memory that acts through a :class:`~lightning_memo.nn.cache.KVCache`.
+
+    Subclasses set ``self.config`` (with ``n_layers``, ``n_heads``, ``d_model``) and name in
+    ``row_counters`` their per-row long tensors ``[B]``, which start at 0 and reset with their row.
+    """
+
+    row_counters: tuple[str, ...] = ()
+    _cache: KVCache | None = None
+
+    def reset_cache(self, batch_size: int) -> None:
+        if not isinstance(batch_size, int) or batch_size <= 0:
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}.")
+        cfg = self.config
+        device = next(self.parameters()).device
+        self._cache = KVCache(cfg.n_layers, batch_size, cfg.n_heads, cfg.d_model // cfg.n_heads, device)
+        for name in self.row_counters:
+            setattr(self, name, torch.zeros(batch_size, dtype=torch.long, device=device))
+
+    def cache_batch_size(self) -> int:
+        return 0 if self._cache is None else self._cache.batch_size
+
+    def cache_nbytes(self) -> int:
+        return 0 if self._cache is None else self._cache.nbytes()
+
+    def memory_tokens(self) -> Tensor:
+        if self._cache is None:
+            return torch.zeros(0, dtype=torch.long)
+        return self._cache.lengths.clone()
+
+    def _reset_rows(self, rows: Tensor) -> None:
+        self._cache.reset_rows(rows)
+        for name in self.row_counters:
+            getattr(self, name)[rows] = 0

@@ -344,3 +344,13 @@ def test_layer_drop_skips_the_same_blocks_for_a_whole_call():
     del memo.transformer.draw_layer_skips
     assert memo.transformer.draw_layer_skips() is None  # never in eval mode
     assert (memo.forward_sequence(x) - dropped).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("policy", ["rebase", "grow"])
+def test_refresh_with_streaming_cap_equals_streaming_sequence(policy):
+    memo = make_memo(max_memory_tokens=2 * SUM, position_policy=policy)
+    x = randn(2, 7 * SEG + 3, seed=15)
+    expected = memo.forward_sequence(x)
+    for t0 in (5 * SEG, 5 * SEG + 2):
+        memo.refresh(x[:, :t0])
+        torch.testing.assert_close(run_steps(memo, x, start=t0), expected[:, t0:], **TOL)

@@ -1,0 +1,246 @@
+"""FCT: a full-context Transformer (causal attention over the whole trial), the ReLIC baseline.
+
+Sequence mode runs the trial through the shared :class:`Transformer` with causal attention; step mode
+keeps every step's keys/values in a :class:`KVCache`. Options:
+
+* ``position_recipe="rope"``: RoPE on the trial step ``t``.
+  ``position_recipe="relic"`` (ReLIC): a learned absolute embedding of the step inside the current
+  inner episode is added to the input, and RoPE is driven by the inner-episode ordinal (0, 1, ...).
+  Inner episodes start where ``episode_start`` is true (t=0 of a trial is always episode 0, step 0).
+* ``sink_kv=True``: one learned key per layer and head with a zero value, visible to every query.
+* ``window=W`` (streaming FCT): each step attends to itself and the ``W-1`` steps before it (plus the
+  sink). Steps that left the window are evicted ``evict_block`` at a time (evicting shifts the whole
+  cache, so doing it every step would cost ``O(W)`` copies per step); the cache holds at most
+  ``W + evict_block - 1`` steps. ``position_policy`` says what positions do after an eviction:
+  ``"grow"`` (the paper's: positions keep growing) or ``"rebase"`` (kept keys are rotated back so
+  positions restart at 0; RoPE recipe, no sink). Both compute the same function, as RoPE scores
+  depend on relative positions only.
+
+Sequence mode with a sink or a window needs an explicit ``[T, T]`` attention mask (plain causal FCT
+does not), so keep ``T`` moderate there; step mode is ``O(cache)`` per step.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from lightning_memo.nn.backbone import KVSource, Transformer, TransformerConfig, _positive, apply_rope
+from lightning_memo.nn.base import CachedMemory, config_from_kwargs
+from lightning_memo.nn.cache import KVCache
+
+POSITION_RECIPES = ("rope", "relic")
+POSITION_POLICIES = ("grow", "rebase")
+
+
+@dataclass
+class FCTConfig(TransformerConfig):
+    """FCT's settings (backbone sizes plus positions, sink and window)."""
+
+    position_recipe: str = "rope"  # "rope" (trial step) or "relic" (step-in-episode embedding + episode RoPE)
+    max_episode_len: int = 1024  # relic: rows of the step-in-episode embedding (later steps share the last)
+    embed_init_scale: float = 0.02  # relic: std of that embedding at init
+    sink_kv: bool = False  # a learned key (zero value) per layer and head, always visible
+    window: Optional[int] = None  # streaming: attend to the last `window` steps only (None: whole trial)
+    evict_block: int = 256  # streaming: steps evicted at once (the cache holds < window + evict_block)
+    position_policy: str = "grow"  # after window eviction: "grow" (paper) or "rebase"
+    inter_episode_attention: bool = True  # False: cache resets at every inner-episode start (no-IEA)
+
+    def validate(self) -> None:
+        super().validate()
+        if self.position_recipe not in POSITION_RECIPES:
+            raise ValueError(f"position_recipe must be one of {POSITION_RECIPES}, got {self.position_recipe!r}.")
+        _positive(max_episode_len=self.max_episode_len)
+        if self.embed_init_scale <= 0:
+            raise ValueError(f"embed_init_scale must be > 0, got {self.embed_init_scale}.")
+        if self.window is not None:
+            _positive(window=self.window)
+        _positive(evict_block=self.evict_block)
+        if self.position_policy not in POSITION_POLICIES:
+            raise ValueError(f"position_policy must be one of {POSITION_POLICIES}, got {self.position_policy!r}.")
+        if self.position_policy == "rebase" and self.position_recipe != "rope":
+            raise ValueError(
+                "position_policy='rebase' needs position_recipe='rope' (ReLIC's RoPE runs on episode "
+                "ordinals, which eviction does not shift); use position_policy='grow'."
+            )
+        if self.position_policy == "rebase" and self.sink_kv:
+            raise ValueError(
+                "position_policy='rebase' with sink_kv=True would change the function (the sink key has no "
+                "position, so its score depends on the query's absolute rotation); use position_policy='grow'."
+            )
+
+
+def episode_positions(episode_start: Tensor | None, shape: tuple[int, int], device: torch.device) -> tuple[Tensor, Tensor]:
+    """Step inside the inner episode and episode ordinal, both ``[B,T]`` long, for one trial per row.
+
+    ``episode_start [B,T]`` marks inner-episode starts; t=0 always starts episode 0.
+    """
+    B, T = shape
+    t = torch.arange(T, device=device).expand(B, T)
+    if episode_start is None:
+        return t.clone(), torch.zeros(B, T, dtype=torch.long, device=device)
+    starts = episode_start.clone()
+    starts[:, 0] = False
+    ordinal = starts.long().cumsum(1)
+    last_start = torch.where(starts, t, torch.zeros_like(t)).cummax(1).values
+    return t - last_start, ordinal
+
+
+class _WindowKV:
+    """Sequence-mode KV source: causal attention, limited to the last ``window`` tokens if given.
+    Records the new tokens' keys/values per layer in ``self.new``."""
+
+    def __init__(self, window: int | None, n_layers: int) -> None:
+        self.window = window
+        self.new: list[tuple[Tensor, Tensor] | None] = [None] * n_layers
+
+    def __call__(self, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
+        self.new[layer] = (k, v)
+        if self.window is None:
+            return k, v, None
+        i = torch.arange(k.shape[2], device=k.device)
+        lag = i[:, None] - i[None, :]
+        return k, v, (lag >= 0) & (lag < self.window)
+
+
+class _WindowCacheKV:
+    """Step-mode KV source over a :class:`KVCache`: only the last ``window`` slots (the new ones
+    included) are visible, so slots that left the window can be evicted later, in blocks."""
+
+    def __init__(self, cache: KVCache, window: int) -> None:
+        self.cache = cache
+        self.inner = cache.source()
+        self.window = window
+
+    def __call__(self, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        slots = self.cache.lengths[:, None] + torch.arange(k.shape[2], device=k.device)  # [B, n]
+        keys, values, mask = self.inner(layer, k, v)
+        lag = slots[:, :, None] - torch.arange(keys.shape[2], device=k.device)  # [B, n, span]
+        return keys, values, mask & (lag < self.window)[:, None]
+
+
+class SinkKV:
+    """Wraps a KV source and prepends a sink slot: key ``sink_keys[layer] [H,Dh]``, value zero,
+    visible to every query."""
+
+    def __init__(self, inner: KVSource, sink_keys: Tensor) -> None:
+        self.inner = inner
+        self.sink_keys = sink_keys
+
+    def __call__(self, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        keys, values, mask = self.inner(layer, k, v)
+        n, S = k.shape[2], keys.shape[2]
+        if mask is None:  # plain causal among the new tokens
+            mask = torch.ones(n, S, dtype=torch.bool, device=k.device).tril(S - n)
+        sink = self.sink_keys[layer].to(keys.dtype)[None, :, None, :].expand(keys.shape[0], -1, 1, -1)
+        keys = torch.cat((sink, keys), dim=2)
+        values = torch.cat((torch.zeros_like(sink), values), dim=2)
+        return keys, values, F.pad(mask, (1, 0), value=True)
+
+
+class FullContextMemory(CachedMemory):
+    """FCT as a TorchRL module: ``FullContextMemory(d_model=..., position_recipe="relic", sink_kv=True)``.
+    See :class:`FCTConfig`. Cache per row: keys/values of the last ``t`` steps (streaming: of fewer
+    than ``window + evict_block``; after ``refresh`` of ``min(t, window)``)."""
+
+    row_counters = ("_episode_step", "_episode")  # [B] step inside the inner episode, its ordinal (relic)
+
+    def __init__(
+        self,
+        config: FCTConfig | None = None,
+        *,
+        in_keys: Sequence[str] | None = None,
+        out_keys: Sequence[str] | None = None,
+        **kwargs,
+    ) -> None:
+        cfg = config_from_kwargs(FCTConfig, config, kwargs, type(self).__name__)
+        super().__init__(
+            cfg.d_model, inter_episode_attention=cfg.inter_episode_attention, in_keys=in_keys, out_keys=out_keys
+        )
+        self.config = cfg
+        self.transformer = Transformer(cfg)
+        head_dim = cfg.d_model // cfg.n_heads
+        self.sink_keys = nn.Parameter(torch.randn(cfg.n_layers, cfg.n_heads, head_dim)) if cfg.sink_kv else None
+        self.step_embedding = (
+            nn.Parameter(torch.randn(cfg.max_episode_len, cfg.d_model) * cfg.embed_init_scale)
+            if cfg.position_recipe == "relic"
+            else None
+        )
+
+    def _inputs(self, x: Tensor, pos: Tensor, episode_step: Tensor, episode: Tensor) -> tuple[Tensor, Tensor]:
+        """Tokens and RoPE positions for ``x [B,n,D]``: trial positions ``pos``, or ReLIC's recipe."""
+        if self.step_embedding is None:
+            return x, pos
+        # steps past the table share its last row (padding of packed trials can run past it too)
+        index = episode_step.clamp(max=self.config.max_episode_len - 1)
+        return x + self.step_embedding[index].to(x.dtype), episode
+
+    def _source(self, inner: KVSource) -> KVSource:
+        return inner if self.sink_keys is None else SinkKV(inner, self.sink_keys)
+
+    # ------------------------------------------------------------ sequence mode
+    def _sequence(self, x: Tensor, segment_len: int | None, episode_start: Tensor | None) -> Tensor:
+        if segment_len is not None:
+            raise ValueError("segment_len applies to segment memories (memo, ac, rmt), not FullContextMemory.")
+        return self._encode(x, episode_start, self.transformer.draw_layer_skips())[0]
+
+    def _encode(
+        self, x: Tensor, episode_start: Tensor | None, skip: list[bool] | None
+    ) -> tuple[Tensor, _WindowKV, Tensor, Tensor]:
+        """Run ``x [B,T,D]`` (one trial per row): outputs, the K/V record, step-in-episode, ordinal."""
+        B, T, _ = x.shape
+        episode_step, episode = episode_positions(episode_start, (B, T), x.device)
+        tokens, pos = self._inputs(x, torch.arange(T, device=x.device), episode_step, episode)
+        record = _WindowKV(self.config.window, self.config.n_layers)
+        return self.transformer(tokens, pos, self._source(record), skip), record, episode_step, episode
+
+    # ---------------------------------------------------------------- step mode
+    def _step(self, x: Tensor, episode_start: Tensor | None) -> Tensor:
+        cfg, cache = self.config, self._cache
+        if episode_start is not None:  # a new inner episode (not at a trial start, which is episode 0)
+            new = episode_start & ((cache.lengths + cache.offsets) > 0)
+            self._episode += new.long()
+            self._episode_step = torch.where(new, torch.zeros_like(self._episode_step), self._episode_step)
+        if cfg.window is not None:
+            full = cache.lengths >= cfg.window + cfg.evict_block - 1
+            if bool(full.any()):  # keep the window's last window-1 steps
+                rows = full.nonzero().squeeze(1)
+                count = cache.lengths[rows] - cfg.window + 1
+                cache.evict_front(rows, count, cfg.position_policy == "rebase", cfg.rope_base)
+        source = cache.source() if cfg.window is None else _WindowCacheKV(cache, cfg.window)
+        tokens, pos = self._inputs(x[:, None], cache.positions(1), self._episode_step[:, None], self._episode[:, None])
+        h = self.transformer(tokens, pos, self._source(source))
+        cache.advance(1)
+        self._episode_step += 1
+        return h[:, 0]
+
+    # ------------------------------------------------------------------ refresh
+    def _refresh(self, x: Tensor, lengths: Tensor, episode_start: Tensor | None) -> None:
+        cfg = self.config
+        B = x.shape[0]
+        self.reset_cache(B)
+        _, record, episode_step, episode = self._encode(x, episode_start, skip=None)
+        rows = torch.arange(B, device=x.device)
+        last = lengths - 1
+        self._episode_step = episode_step[rows, last] + 1
+        self._episode = episode[rows, last]
+        # keep each row's last min(length, window) steps (all of them without a window)
+        kept = lengths if cfg.window is None else lengths.clamp(max=cfg.window)
+        first = lengths - kept
+        slots = (first[:, None] + torch.arange(int(kept.max()), device=x.device)).clamp(max=x.shape[1] - 1)
+        index = slots[:, None, :, None]
+        rebase = cfg.position_policy == "rebase"
+        source = self._cache.source()
+        for layer, (k, v) in enumerate(record.new):
+            idx = index.expand(-1, k.shape[1], -1, k.shape[3])
+            k, v = k.gather(2, idx), v.gather(2, idx)
+            if rebase:  # kept keys back to positions 0..kept-1
+                k = apply_rope(k, -first[:, None].expand(-1, k.shape[2]), cfg.rope_base)
+            source(layer, k, v)
+        self._cache.lengths.copy_(kept)
+        if not rebase:
+            self._cache.offsets.copy_(first)

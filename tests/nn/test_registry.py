@@ -1,0 +1,149 @@
+"""``make_memory`` and the oracles every memory must pass: step == sequence, refresh, cache bytes."""
+
+import pytest
+import torch
+from tensordict import TensorDict
+from torchrl.modules import set_recurrent_mode
+
+from lightning_memo import make_memory
+from lightning_memo.nn import MEMORIES, SequenceMemory
+
+TINY = dict(d_model=8, n_heads=2, n_layers=2, mlp_ratio=2.0)
+SEG = dict(segment_len=4, summary_len=2)
+VARIANTS = {
+    "memo": ("memo", {**TINY, **SEG}),
+    "memo-noiea": ("memo", {**TINY, **SEG, "inter_episode_attention": False}),
+    "ac": ("ac", {**TINY, **SEG}),
+    "fct": ("fct", TINY),
+    "fct-relic-sink": ("fct", {**TINY, "position_recipe": "relic", "sink_kv": True, "max_episode_len": 16}),
+    "fct-window-grow": ("fct", {**TINY, "window": 3, "sink_kv": True, "evict_block": 1}),
+    "fct-window-block": ("fct", {**TINY, "window": 3, "evict_block": 4, "position_recipe": "relic"}),
+    "fct-window-rebase": ("fct", {**TINY, "window": 5, "position_policy": "rebase", "evict_block": 3}),
+    "fct-relic-noiea": ("fct", {**TINY, "position_recipe": "relic", "inter_episode_attention": False}),
+    "rmt": ("rmt", {**TINY, **SEG}),
+    "rmt-noiea": ("rmt", {**TINY, **SEG, "inter_episode_attention": False}),
+    "gru": ("gru", {"d_model": 8}),
+    "lstm": ("lstm", {"d_model": 8, "n_layers": 2}),
+}
+TOL = 1e-10
+
+
+def build(variant: str, seed: int = 0) -> SequenceMemory:
+    torch.manual_seed(seed)
+    name, kwargs = VARIANTS[variant]
+    return make_memory(name, **kwargs).double().eval()
+
+
+def inputs(B: int, T: int, seed: int = 1) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Random ``x [B,T,8]``, trial starts at different phases per row, inner-episode starts."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(B, T, 8, generator=g, dtype=torch.float64)
+    is_init = torch.zeros(B, T, dtype=torch.bool)
+    is_init[:, 0] = True
+    for b in range(1, B):  # row b restarts its trial at t = 2b+1 (and every 9 steps after)
+        is_init[b, 2 * b + 1 :: 9] = True
+    episode_start = torch.rand(B, T, generator=g) < 0.25
+    return x, is_init, episode_start
+
+
+def run_steps(memory: SequenceMemory, x, is_init, episode_start, t0: int = 0) -> torch.Tensor:
+    return torch.stack([memory.step(x[:, t], is_init[:, t], episode_start[:, t]) for t in range(t0, x.shape[1])], 1)
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+@pytest.mark.parametrize("B,T", [(1, 1), (1, 8), (3, 11), (2, 14)])
+def test_step_matches_sequence(variant, B, T):
+    memory = build(variant)
+    x, is_init, episode_start = inputs(B, T)
+    with torch.no_grad():
+        expected = memory.forward_sequence(x, is_init, episode_start=episode_start)
+        memory.reset_cache(B)
+        got = run_steps(memory, x, is_init, episode_start)
+    assert (got - expected).abs().max() < TOL
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_refresh_then_step_matches_sequence(variant):
+    memory = build(variant)
+    x, is_init, episode_start = inputs(3, 14, seed=2)
+    for t0 in (1, 4, 7, 8, 13):
+        with torch.no_grad():  # new weights: refresh must rebuild everything under them
+            for p in memory.parameters():
+                p.add_(0.05 * torch.randn_like(p))
+            expected = memory.forward_sequence(x, is_init, episode_start=episode_start)
+            memory.refresh(x[:, :t0], is_init[:, :t0], episode_start[:, :t0])
+            got = run_steps(memory, x, is_init, episode_start, t0)
+        assert (got - expected[:, t0:]).abs().max() < TOL, f"refresh at t0={t0}"
+
+
+def expected_tokens(variant: str, t: int) -> int:
+    """Tokens (state vectors for GRU/LSTM) held per row after t steps of one trial."""
+    name, kw = VARIANTS[variant]
+    if name in ("memo", "ac"):
+        return kw["summary_len"] * (t // kw["segment_len"]) + t % kw["segment_len"]
+    if name == "rmt":
+        return (kw["summary_len"] if t >= kw["segment_len"] else 0) + t % kw["segment_len"]
+    if name == "fct":
+        window = kw.get("window")
+        return t if window is None or t < window else window + (t - window) % kw["evict_block"]
+    return kw.get("n_layers", 1) * (2 if name == "lstm" else 1)
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_cache_bytes_follow_formula(variant):
+    memory = build(variant)
+    x, _, _ = inputs(2, 15)
+    no_flags = torch.zeros(2, 15, dtype=torch.bool)
+    memory.reset_cache(2)
+    d, elt = 8, x.element_size()
+    name, kw = VARIANTS[variant]
+    per_token = d * elt if name in ("gru", "lstm") else 2 * kw["n_layers"] * d * elt  # K and V per layer
+    with torch.no_grad():
+        for t in range(1, 16):
+            memory.step(x[:, t - 1], no_flags[:, t - 1], no_flags[:, t - 1])
+            tokens = expected_tokens(variant, t)
+            assert memory.memory_tokens().tolist() == [tokens, tokens], f"t={t}"
+            assert memory.cache_nbytes() == 2 * tokens * per_token, f"t={t}"
+
+
+@pytest.mark.parametrize("variant", ["memo", "fct-relic-sink", "rmt", "gru"])
+def test_tensordict_face(variant):
+    memory = build(variant)
+    x, is_init, episode_start = inputs(2, 9)
+    td = TensorDict({"embed": x, "is_init": is_init[..., None], "episode_start": episode_start[..., None]}, [2, 9])
+    with torch.no_grad():
+        with set_recurrent_mode(True):
+            seq = memory(td.clone())["memory"]
+        memory.reset_cache(2)
+        steps = torch.stack([memory(td[:, t].clone())["memory"] for t in range(9)], 1)
+    assert (seq - memory.forward_sequence(x, is_init, episode_start=episode_start)).abs().max() < TOL
+    assert (steps - seq).abs().max() < TOL
+
+
+def test_names_and_defaults():
+    assert set(MEMORIES) == {"memo", "fct", "rmt", "ac", "gru", "lstm"}
+    assert make_memory("ac", **TINY).config.tbptt_segments == 2
+    assert make_memory("ac", **TINY, tbptt_segments=3).config.tbptt_segments == 3
+    assert make_memory("memo", **TINY).config.tbptt_segments is None
+    cfg = MEMORIES["rmt"].config_cls(**TINY, summary_len=8)
+    assert make_memory("rmt", cfg).config.summary_len == 8
+    assert make_memory("fct", {"d_model": 16, "n_heads": 4}).config.n_heads == 4  # a mapping (e.g. omegaconf)
+
+
+def test_errors_name_the_valid_choices():
+    with pytest.raises(ValueError, match=r"unknown memory 'transformer'.*'fct'.*'memo'"):
+        make_memory("transformer")
+    with pytest.raises(TypeError, match=r"\['segment_len'\].*valid names: \['d_model', 'inter_episode_attention', 'n_layers'\]"):
+        make_memory("gru", d_model=8, segment_len=4)
+    with pytest.raises(TypeError, match=r"\['max_memory_tokens'\].*valid names"):
+        make_memory("rmt", max_memory_tokens=64)
+    with pytest.raises(TypeError, match=r"\['summary_len'\].*valid names"):
+        make_memory("fct", summary_len=32)
+    with pytest.raises(ValueError, match="position_recipe must be one of"):
+        make_memory("fct", position_recipe="alibi")
+    with pytest.raises(ValueError, match="needs tbptt_segments"):
+        make_memory("ac", tbptt_segments=None)
+    with pytest.raises(ValueError, match="n_layers must be a positive integer"):
+        make_memory("lstm", n_layers=0)
+    with pytest.raises(ValueError, match="segment_len applies to segment memories"):
+        make_memory("gru", d_model=8).forward_sequence(torch.randn(1, 3, 8), segment_len=2)
