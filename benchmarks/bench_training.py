@@ -1,0 +1,113 @@
+"""Throughput of the full PPO loop (collection + partial updates + refresh), env steps per second.
+
+    python benchmarks/bench_training.py                     # memo, fct, gru on Dark-Key-To-Door 9x9/50/500
+    python benchmarks/bench_training.py --memories memo gru --trials 3 --num-envs 16
+    python benchmarks/bench_training.py --learning 300      # + the learning curves (Memo vs. memoryless)
+
+Every memory runs at the same width (``--d-model``) and the same PPO settings, one after another in
+this process; the first trial of each is a warm-up and is not timed. Prints a Markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import lightning.pytorch as pl
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from lightning_memo.algos.ppo import MemoPPO  # noqa: E402
+from lightning_memo.callbacks import TrialCallback  # noqa: E402
+from lightning_memo.config import load_config, make_env_factory, make_policy, make_trainer  # noqa: E402
+
+
+class _TrialTimer(TrialCallback):
+    """Wall time of each trial (training_step) and the cache size at its end."""
+
+    def __init__(self) -> None:
+        self.times: list[float] = []
+        self.cache_bytes: list[float] = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self._t0 = time.perf_counter()
+
+    def on_trial_end(self, trainer, pl_module, collector) -> None:
+        self.cache_bytes.append(pl_module.policy.memory.cache_nbytes() / collector.num_envs)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.times.append(time.perf_counter() - self._t0)
+
+
+def bench(memory: str, args: argparse.Namespace, log_dir: str) -> dict:
+    overrides = [
+        f"memory={memory}", f"policy.d_model={args.d_model}", f"env.num_envs={args.num_envs}",
+        "env.kwargs.size=9", "env.kwargs.episode_len=50", "env.trial_len=500", f"ppo.update_every={args.update_every}",
+        f"ppo.num_trials={args.trials + 1}", f"memories.memo.segment_len={args.segment_len}",
+        f"memories.memo.summary_len={args.summary_len}", f"trainer.log_dir={log_dir}", "trainer.progress_bar=false",
+        "trainer.checkpoint_every=0", "trainer.loggers=[]", f"trainer.run_name={memory}",
+    ]
+    cfg = load_config("dark_key_to_door", overrides)
+    pl.seed_everything(0, verbose=False)
+    factory = make_env_factory(cfg)
+    policy = make_policy(cfg, factory(0))
+    timer = _TrialTimer()
+    make_trainer(cfg, [timer]).fit(MemoPPO(policy, factory, cfg.ppo))
+    timed = timer.times[1:]  # the first trial warms up
+    steps = cfg.env.num_envs * cfg.env.trial_len
+    return {
+        "memory": memory,
+        "params": sum(p.numel() for p in policy.parameters()),
+        "steps_per_s": steps * len(timed) / sum(timed),
+        "s_per_trial": sum(timed) / len(timed),
+        "cache_kib": timer.cache_bytes[-1] / 1024,
+    }
+
+
+def learning_curves(trials: int, log_dir: str, every: int = 25) -> None:
+    from tests.scripts.learning import LEARNING_OVERRIDES, run
+
+    curves = {name: run(name, trials, log_dir, extra=LEARNING_OVERRIDES) for name in ("memo", "none")}
+    print(f"\nLearning curves, Dark-Key-To-Door 5x5/20/200 (mean over {every}-trial bins, 16 envs x 200 steps/trial)")
+    print("| trials | memo return | memoryless return | memo ep0 len | memo ep5 len |")
+    print("|---|---|---|---|---|")
+    for start in range(0, trials, every):
+        def mean(name, key):
+            vals = [float(r[key]) for r in curves[name][start : start + every] if r.get(key)]
+            return f"{sum(vals) / len(vals):.2f}" if vals else "-"
+
+        print(f"| {start}-{start + every - 1} | {mean('memo', 'trial/return')} | {mean('none', 'trial/return')} | "
+              f"{mean('memo', 'trial/episode_len/0')} | {mean('memo', 'trial/episode_len/5')} |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--memories", nargs="+", default=["memo", "fct", "gru"])
+    parser.add_argument("--trials", type=int, default=2, help="timed trials per memory (after one warm-up)")
+    parser.add_argument("--num-envs", type=int, default=8)
+    parser.add_argument("--d-model", type=int, default=64)
+    parser.add_argument("--update-every", type=int, default=100)
+    parser.add_argument("--segment-len", type=int, default=50)
+    parser.add_argument("--summary-len", type=int, default=8)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--learning", type=int, default=0, help="also run the learning curves for this many trials")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    with tempfile.TemporaryDirectory() as log_dir:
+        rows = [bench(m, args, log_dir) for m in args.memories]
+        print(f"\nFull PPO loop on Dark-Key-To-Door 9x9/50/500, {args.num_envs} envs, d_model={args.d_model}, "
+              f"U={args.update_every}, torch threads={args.threads}, {torch.__version__}, CPU")
+        print("| memory | params | env steps/s | s/trial | cache KiB/env at trial end |")
+        print("|---|---|---|---|---|")
+        for r in rows:
+            print(f"| {r['memory']} | {r['params']:,} | {r['steps_per_s']:.0f} | {r['s_per_trial']:.2f} | {r['cache_kib']:.1f} |")
+        if args.learning:
+            learning_curves(args.learning, log_dir)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,15 @@
+"""Train Memo with PPO (the ReLIC recipe) on Dark-Key-To-Door.
+
+    python examples/dark_key_to_door.py                        # 5x5 grid, 20-step episodes, 200-step trials
+    python examples/dark_key_to_door.py memory=gru ppo.num_trials=50
+    python examples/dark_key_to_door.py env.kwargs.size=9 env.kwargs.episode_len=50 env.trial_len=500
+    fabric run --devices 2 --accelerator cpu examples/dark_key_to_door.py ppo.num_trials=20
+
+Settings: lightning_memo/configs/dark_key_to_door.yaml (or config=path/to/your.yaml). Logs (CSV,
+TensorBoard) and checkpoints go to runs/<trainer.run_name>/; resume with trainer.resume=last.
+"""
+
+from lightning_memo.config import main
+
+if __name__ == "__main__":
+    main("dark_key_to_door")

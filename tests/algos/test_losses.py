@@ -1,0 +1,99 @@
+"""PPO pieces against hand-computed values on tiny tensors."""
+
+import math
+
+import pytest
+import torch
+
+from lightning_memo.algos.losses import clipped_policy_loss, explained_variance, masked_mean, trial_gae, value_loss
+from lightning_memo.algos.ppo import PPOConfig, warmup_cosine
+
+
+def _gae_inputs():
+    rewards = torch.tensor([[1.0, 0.0, 1.0]])
+    values = torch.full((1, 3), 0.5)
+    bootstrap = torch.tensor([0.5])
+    episode_end = torch.tensor([[False, True, False]])
+    trial_end = torch.zeros(1, 3, dtype=torch.bool)
+    return rewards, values, bootstrap, episode_end, trial_end
+
+
+def test_gae_cut_at_inner_episode():
+    # gamma 0.9, lambda 0.8: delta_2 = 1 + .45 - .5 = .95; step 1 ends an episode: delta_1 = 0 - .5,
+    # trace cut; adv_0 = .95 + .72 * (-.5) = .59
+    adv, ret = trial_gae(*_gae_inputs(), gamma=0.9, lmbda=0.8, cut_episodes=True)
+    torch.testing.assert_close(adv, torch.tensor([[0.59, -0.5, 0.95]]))
+    torch.testing.assert_close(ret, adv + 0.5)
+
+
+def test_gae_across_episodes():
+    # no cut: delta_1 = 0 + .45 - .5 = -.05; adv_1 = -.05 + .72 * .95 = .634; adv_0 = .95 + .72 * .634
+    adv, _ = trial_gae(*_gae_inputs(), gamma=0.9, lmbda=0.8, cut_episodes=False)
+    torch.testing.assert_close(adv, torch.tensor([[0.95 + 0.72 * 0.634, 0.634, 0.95]]))
+
+
+def test_gae_trial_end_drops_bootstrap():
+    rewards, values, bootstrap, _, trial_end = _gae_inputs()
+    trial_end[0, 2] = True
+    adv, _ = trial_gae(rewards, values, torch.tensor([100.0]), torch.zeros_like(trial_end), trial_end, 0.9, 0.8)
+    assert adv[0, 2].item() == pytest.approx(0.5)  # 1 - 0.5, the bootstrap of 100 is ignored
+
+
+def test_clipped_policy_loss_and_window_mask():
+    ratios = torch.tensor([1.5, 0.5, 1.5, 0.5, 3.0])
+    adv = torch.tensor([1.0, 1.0, -1.0, -1.0, 1000.0])
+    mask = torch.tensor([True, True, True, True, False])  # the last step is outside the loss window
+    old = torch.zeros(5)
+    loss, clip_frac, kl = clipped_policy_loss(ratios.log(), old, adv, mask, clip=0.2)
+    # surrogates: min(1.5, 1.2)=1.2, min(.5, .8)=.5, min(-1.5, -1.2)=-1.5, min(-.5, -.8)=-.8
+    assert loss.item() == pytest.approx(-(1.2 + 0.5 - 1.5 - 0.8) / 4)
+    assert clip_frac.item() == 1.0
+    expected_kl = sum((r - 1) - math.log(r) for r in (1.5, 0.5, 1.5, 0.5)) / 4
+    assert kl.item() == pytest.approx(expected_kl, rel=1e-5)
+
+
+def test_masked_steps_get_no_gradient():
+    log_prob = torch.zeros(4, requires_grad=True)
+    mask = torch.tensor([False, False, True, True])
+    loss, _, _ = clipped_policy_loss(log_prob, torch.zeros(4), torch.ones(4), mask)
+    loss.backward()
+    assert log_prob.grad[:2].abs().sum() == 0 and log_prob.grad[2:].abs().sum() > 0
+
+
+def test_value_loss_plain_and_clipped():
+    v, old, ret = torch.tensor([2.0]), torch.tensor([1.0]), torch.tensor([3.0])
+    mask = torch.tensor([True])
+    assert value_loss(v, old, ret, mask).item() == pytest.approx(0.5)
+    # clipped prediction 1.5 -> (1.5 - 3)^2 = 2.25 beats (2 - 3)^2 = 1
+    assert value_loss(v, old, ret, mask, clip=0.5).item() == pytest.approx(1.125)
+
+
+def test_masked_mean_and_explained_variance():
+    x = torch.tensor([1.0, 3.0, 100.0])
+    mask = torch.tensor([True, True, False])
+    assert masked_mean(x, mask).item() == 2.0
+    r = torch.tensor([1.0, 2.0, 3.0])
+    assert explained_variance(r, r, torch.ones(3, dtype=torch.bool)).item() == pytest.approx(1.0)
+
+
+def test_warmup_cosine():
+    assert warmup_cosine(0, 4, 20) == pytest.approx(0.25)
+    assert warmup_cosine(3, 4, 20) == pytest.approx(1.0)
+    assert warmup_cosine(4, 4, 20) == pytest.approx(1.0)
+    assert warmup_cosine(12, 4, 20) == pytest.approx(0.5)
+    assert warmup_cosine(20, 4, 20, min_ratio=0.1) == pytest.approx(0.1)
+
+
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        (dict(update_every=7), "ppo.update_every"),
+        (dict(num_minibatches=3, grad_accumulation=2), "ppo.grad_accumulation"),
+        (dict(gamma=1.5), "ppo.gamma"),
+        (dict(epochs=0), "ppo.epochs"),
+        (dict(value_clip=-1.0), "ppo.value_clip"),
+    ],
+)
+def test_ppo_config_errors_name_the_key(override, key):
+    with pytest.raises(ValueError, match=key):
+        PPOConfig(**{"trial_len": 40, "update_every": 10, **override}).validate()

@@ -1,0 +1,89 @@
+"""The learning check: PPO on Dark-Key-To-Door 5x5 / 20 / 200 with Memo vs. a memoryless core.
+
+    python tests/scripts/learning.py memo 300 /tmp/learn     # memory, trials, log dir [, key=value ...]
+
+Used by tests/algos/test_learning.py (``pytest -m learning``) and benchmarks/bench_training.py.
+"""
+
+from __future__ import annotations
+
+import csv
+import sys
+from pathlib import Path
+
+import lightning.pytorch as pl
+import torch
+from torch import Tensor, nn
+
+from lightning_memo.algos.ppo import MemoPPO
+from lightning_memo.config import load_config, make_env_factory, make_memory_from, make_trainer
+from lightning_memo.envs.transforms import TRIAL_FEATURE_KEYS
+from lightning_memo.nn.base import SequenceMemory
+from lightning_memo.policy import MemoPolicy
+
+
+# a cheap Memo (one layer, 4 segments per trial), two updates per trial (one partial + refresh, one full),
+# normalised advantages, GAE cut at inner episodes
+LEARNING_OVERRIDES = [
+    "memories.memo.n_layers=1", "memories.memo.segment_len=50", "memories.memo.summary_len=4",
+    "ppo.update_every=100", "ppo.num_minibatches=1", "ppo.cut_episodes=true", "ppo.normalize_advantages=true",
+]
+
+
+class Memoryless(SequenceMemory):
+    """A per-step MLP with the SequenceMemory interface: the same PPO without any memory."""
+
+    def __init__(self, d_model: int) -> None:
+        super().__init__(d_model)
+        self.net = nn.Sequential(nn.Linear(d_model, d_model), nn.Tanh(), nn.Linear(d_model, d_model))
+        self._batch = 0
+
+    def _sequence(self, x: Tensor, segment_len, episode_start) -> Tensor:
+        return self.net(x)
+
+    def _step(self, x: Tensor, episode_start) -> Tensor:
+        return self.net(x)
+
+    def _refresh(self, x: Tensor, lengths: Tensor, episode_start) -> None:
+        self._batch = x.shape[0]
+
+    def _reset_rows(self, rows: Tensor) -> None:
+        pass
+
+    def reset_cache(self, batch_size: int) -> None:
+        self._batch = batch_size
+
+    def cache_batch_size(self) -> int:
+        return self._batch
+
+    def cache_nbytes(self) -> int:
+        return 0
+
+    def memory_tokens(self) -> Tensor:
+        return torch.zeros(self._batch, dtype=torch.long)
+
+
+def run(memory: str, num_trials: int, log_dir: str, seed: int = 0, extra: list[str] | None = None) -> list[dict]:
+    """Train ``memory`` ("none" = memoryless) for ``num_trials``; returns the per-trial metric rows."""
+    overrides = [
+        f"ppo.num_trials={num_trials}", f"trainer.log_dir={log_dir}", f"trainer.run_name={memory}",
+        "trainer.progress_bar=false", "trainer.torch_threads=1", "trainer.checkpoint_every=0",
+        "trainer.loggers=[csv]", f"seed={seed}", *(extra or []),
+    ]
+    cfg = load_config("dark_key_to_door", overrides if memory == "none" else [f"memory={memory}", *overrides])
+    torch.set_num_threads(1)
+    pl.seed_everything(seed, verbose=False)
+    factory = make_env_factory(cfg)
+    core = Memoryless(cfg.policy.d_model) if memory == "none" else make_memory_from(cfg)
+    env = factory(seed)
+    policy = MemoPolicy.from_env(env, core, ["observation", *TRIAL_FEATURE_KEYS], hidden=cfg.policy.hidden)
+    module = MemoPPO(policy, factory, cfg.ppo, seed=seed)
+    make_trainer(cfg).fit(module)
+    rows = list(csv.DictReader(open(Path(log_dir) / memory / "metrics.csv")))
+    return [r for r in rows if r.get("trial/return")]
+
+
+if __name__ == "__main__":
+    name, trials, out = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+    for row in run(name, trials, out, extra=[*LEARNING_OVERRIDES, *sys.argv[4:]]):
+        print(row["step"], row["trial/return"], row.get("trial/episode_len/0"), row.get("trial/episode_len/3"))
