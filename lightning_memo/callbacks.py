@@ -164,7 +164,9 @@ class EnvStepProgressBar(TQDMProgressBar):
         super().on_train_epoch_start(trainer, pl_module)
         per_trial = pl_module.cfg.trial_len * pl_module.collector.num_envs * trainer.world_size
         self.train_progress_bar.reset(total=pl_module.cfg.num_trials * per_trial)
-        self.train_progress_bar.n = pl_module.env_steps
+        # Lightning restarts the bar every epoch (= trial): start it at the running total, and count
+        # the rate from there (tqdm subtracts `initial`)
+        self.train_progress_bar.initial = self.train_progress_bar.n = pl_module.env_steps
         self.train_progress_bar.set_description("env steps")
 
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs, batch, batch_idx: int) -> None:

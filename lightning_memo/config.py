@@ -292,7 +292,12 @@ def main(default_config: str, argv: List[str] | None = None):
             config = a.split("=", 1)[1]
         else:
             rest.append(a)
-    return train(load_config(config, rest))
+    trainer, module = train(load_config(config, rest))
+    if trainer.is_global_zero:
+        last = module.last_trial.get("return")
+        summary = f"last trial return {float(last):.2f}; " if last is not None else ""
+        print(f"{module.trial_index} trials, {module.env_steps} env steps; {summary}logs in {trainer.log_dir}")
+    return trainer, module
 
 
 __all__ = [

@@ -1,4 +1,4 @@
-"""Build any sequence memory by name: ``make_memory("memo" | "ac" | "fct" | "rmt" | "gru" | "lstm", **kwargs)``.
+"""Build any sequence memory by name: ``make_memory("memo" | "ac" | "fct" | "rmt" | "gru" | "lstm" | "none", ...)``.
 
 Keyword names are shared across memories where they mean the same thing (``d_model``, ``n_layers``,
 ``segment_len``, ``summary_len``, ``position_policy``, ``inter_episode_attention``, ...); a keyword
@@ -13,6 +13,7 @@ from typing import Any, Mapping, NamedTuple, Sequence
 from lightning_memo.nn.base import SequenceMemory
 from lightning_memo.nn.full_context import FCTConfig, FullContextMemory
 from lightning_memo.nn.memo import MemoConfig, MemoMemory
+from lightning_memo.nn.memoryless import MemorylessConfig, MemorylessMemory
 from lightning_memo.nn.recurrent import GRUMemory, LSTMMemory, RecurrentConfig
 from lightning_memo.nn.rmt import RMTConfig, RMTMemory
 
@@ -30,6 +31,7 @@ MEMORIES: dict[str, MemorySpec] = {
     "rmt": MemorySpec(RMTMemory, RMTConfig, {}),
     "gru": MemorySpec(GRUMemory, RecurrentConfig, {}),
     "lstm": MemorySpec(LSTMMemory, RecurrentConfig, {}),
+    "none": MemorySpec(MemorylessMemory, MemorylessConfig, {}),  # the memoryless control
 }
 
 

@@ -24,6 +24,7 @@ VARIANTS = {
     "rmt-noiea": ("rmt", {**TINY, **SEG, "inter_episode_attention": False}),
     "gru": ("gru", {"d_model": 8}),
     "lstm": ("lstm", {"d_model": 8, "n_layers": 2}),
+    "none": ("none", {"d_model": 8}),
 }
 TOL = 1e-10
 
@@ -86,6 +87,8 @@ def expected_tokens(variant: str, t: int) -> int:
     if name == "fct":
         window = kw.get("window")
         return t if window is None or t < window else window + (t - window) % kw["evict_block"]
+    if name == "none":
+        return 0
     return kw.get("n_layers", 1) * (2 if name == "lstm" else 1)
 
 
@@ -97,7 +100,7 @@ def test_cache_bytes_follow_formula(variant):
     memory.reset_cache(2)
     d, elt = 8, x.element_size()
     name, kw = VARIANTS[variant]
-    per_token = d * elt if name in ("gru", "lstm") else 2 * kw["n_layers"] * d * elt  # K and V per layer
+    per_token = d * elt if name in ("gru", "lstm", "none") else 2 * kw["n_layers"] * d * elt  # K and V per layer
     with torch.no_grad():
         for t in range(1, 16):
             memory.step(x[:, t - 1], no_flags[:, t - 1], no_flags[:, t - 1])
@@ -121,7 +124,7 @@ def test_tensordict_face(variant):
 
 
 def test_names_and_defaults():
-    assert set(MEMORIES) == {"memo", "fct", "rmt", "ac", "gru", "lstm"}
+    assert set(MEMORIES) == {"memo", "fct", "rmt", "ac", "gru", "lstm", "none"}
     assert make_memory("ac", **TINY).config.tbptt_segments == 2
     assert make_memory("ac", **TINY, tbptt_segments=3).config.tbptt_segments == 3
     assert make_memory("memo", **TINY).config.tbptt_segments is None
@@ -147,3 +150,14 @@ def test_errors_name_the_valid_choices():
         make_memory("lstm", n_layers=0)
     with pytest.raises(ValueError, match="segment_len applies to segment memories"):
         make_memory("gru", d_model=8).forward_sequence(torch.randn(1, 3, 8), segment_len=2)
+
+
+def test_memoryless_control_sees_only_its_own_step():
+    memory = build("none")
+    x, _, _ = inputs(2, 6)
+    perturbed = x.clone()
+    perturbed[:, :5] += 1.0  # every step but the last
+    with torch.no_grad():
+        out, out_perturbed = memory.forward_sequence(x), memory.forward_sequence(perturbed)
+    assert (out[:, 5] - out_perturbed[:, 5]).abs().max() == 0.0
+    assert (out[:, :5] - out_perturbed[:, :5]).abs().max() > 1e-3

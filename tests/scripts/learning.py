@@ -13,12 +13,10 @@ from pathlib import Path
 
 import lightning.pytorch as pl
 import torch
-from torch import Tensor, nn
 
 from lightning_memo.algos.ppo import MemoPPO
 from lightning_memo.config import load_config, make_env_factory, make_memory_from, make_trainer
 from lightning_memo.envs.transforms import TRIAL_FEATURE_KEYS
-from lightning_memo.nn.base import SequenceMemory
 from lightning_memo.policy import MemoPolicy
 
 
@@ -30,51 +28,18 @@ LEARNING_OVERRIDES = [
 ]
 
 
-class Memoryless(SequenceMemory):
-    """A per-step MLP with the SequenceMemory interface: the same PPO without any memory."""
-
-    def __init__(self, d_model: int) -> None:
-        super().__init__(d_model)
-        self.net = nn.Sequential(nn.Linear(d_model, d_model), nn.Tanh(), nn.Linear(d_model, d_model))
-        self._batch = 0
-
-    def _sequence(self, x: Tensor, segment_len, episode_start) -> Tensor:
-        return self.net(x)
-
-    def _step(self, x: Tensor, episode_start) -> Tensor:
-        return self.net(x)
-
-    def _refresh(self, x: Tensor, lengths: Tensor, episode_start) -> None:
-        self._batch = x.shape[0]
-
-    def _reset_rows(self, rows: Tensor) -> None:
-        pass
-
-    def reset_cache(self, batch_size: int) -> None:
-        self._batch = batch_size
-
-    def cache_batch_size(self) -> int:
-        return self._batch
-
-    def cache_nbytes(self) -> int:
-        return 0
-
-    def memory_tokens(self) -> Tensor:
-        return torch.zeros(self._batch, dtype=torch.long)
-
-
 def run(memory: str, num_trials: int, log_dir: str, seed: int = 0, extra: list[str] | None = None) -> list[dict]:
-    """Train ``memory`` ("none" = memoryless) for ``num_trials``; returns the per-trial metric rows."""
+    """Train ``memory`` (``"none"``: the memoryless control) for ``num_trials``; returns the per-trial rows."""
     overrides = [
         f"ppo.num_trials={num_trials}", f"trainer.log_dir={log_dir}", f"trainer.run_name={memory}",
         "trainer.progress_bar=false", "trainer.torch_threads=1", "trainer.checkpoint_every=0",
         "trainer.loggers=[csv]", f"seed={seed}", *(extra or []),
     ]
-    cfg = load_config("dark_key_to_door", overrides if memory == "none" else [f"memory={memory}", *overrides])
+    cfg = load_config("dark_key_to_door", [f"memory={memory}", *overrides])
     torch.set_num_threads(1)
     pl.seed_everything(seed, verbose=False)
     factory = make_env_factory(cfg)
-    core = Memoryless(cfg.policy.d_model) if memory == "none" else make_memory_from(cfg)
+    core = make_memory_from(cfg)
     env = factory(seed)
     policy = MemoPolicy.from_env(env, core, ["observation", *TRIAL_FEATURE_KEYS], hidden=cfg.policy.hidden)
     module = MemoPPO(policy, factory, cfg.ppo, seed=seed)
