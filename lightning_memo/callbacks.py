@@ -3,6 +3,8 @@
 Besides Lightning's hooks, :class:`~lightning_memo.algos.ppo.MemoPPO` calls two trial hooks on every
 callback that defines them (see :class:`TrialCallback`):
 
+* ``on_trial_start(trainer, module, collector)`` after the trial's seeded reset, before the first step:
+  :class:`RolloutVideo` starts recording here;
 * ``on_policy_update(trainer, module, collector)`` after every partial update (weights changed, the
   trial goes on): :class:`CacheRefresh` rebuilds the memory cache and the stale values here;
 * ``on_trial_end(trainer, module, collector)`` after the trial's final update: :class:`TrialMetrics`
@@ -11,6 +13,9 @@ callback that defines them (see :class:`TrialCallback`):
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import numpy as np
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.callbacks import TQDMProgressBar
@@ -21,7 +26,10 @@ from lightning_memo.policy import ACTION_KEY
 
 
 class TrialCallback(Callback):
-    """A Lightning callback with the two trial hooks of MemoPPO (no-ops here)."""
+    """A Lightning callback with the trial hooks of MemoPPO (no-ops here)."""
+
+    def on_trial_start(self, trainer: Trainer, pl_module: LightningModule, collector: TrialCollector) -> None:
+        """After the trial's seeded reset, before its first step."""
 
     def on_policy_update(self, trainer: Trainer, pl_module: LightningModule, collector: TrialCollector) -> None:
         """After a partial update, before acting resumes."""
@@ -155,6 +163,67 @@ def trial_metrics(history, max_episodes: int = 10) -> dict[str, float]:
                 out[f"episode_return/{k}"] = float(returns[k] / counts[k])
                 out[f"episode_len/{k}"] = float(lengths[k] / counts[k])
     return out
+
+
+class RolloutVideo(TrialCallback):
+    """Saves every ``every``-th training trial of env ``env_index`` (rank 0) as ``trial_<k>.gif``.
+
+    The ``trial_len + 1`` frames are the states the agent acted on while collecting, plus the final
+    one (no extra rollout, so training is unchanged), drawn by the env's ``render_frame(index)`` (the batched Dark-Key-To-Door and
+    ObjNavGrid envs have one). ``dirpath`` defaults to ``<trainer.log_dir>/videos``. Needs Pillow.
+    """
+
+    def __init__(self, every: int = 50, env_index: int = 0, dirpath: str | Path | None = None, fps: int = 8) -> None:
+        if every < 1:
+            raise ValueError(f"RolloutVideo: every must be >= 1 trial, got {every}.")
+        self.every, self.env_index, self.dirpath, self.fps = every, env_index, dirpath, fps
+        self.frames: list[np.ndarray] = []
+        self.saved: list[Path] = []
+        self._trial: int | None = None
+        self._render = None
+
+    def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        try:
+            import PIL  # noqa: F401
+        except ImportError:
+            raise ImportError("RolloutVideo writes GIFs with Pillow: pip install pillow (or lightning_memo[dev]).") from None
+
+    def on_trial_start(self, trainer: Trainer, pl_module: LightningModule, collector: TrialCollector) -> None:
+        if trainer.global_rank != 0 or pl_module.trial_index % self.every:
+            return
+        if not 0 <= self.env_index < collector.num_envs:
+            raise ValueError(f"RolloutVideo: env_index={self.env_index} but the env has {collector.num_envs} envs.")
+        self._render = _renderer(collector.env)
+        self._trial = pl_module.trial_index
+        self.frames = []
+        collector.step_hooks.append(self._grab)  # one frame per step, of the state acted on
+
+    def _grab(self, env, td) -> None:
+        self.frames.append(self._render(self.env_index))
+
+    def on_trial_end(self, trainer: Trainer, pl_module: LightningModule, collector: TrialCollector) -> None:
+        if self._trial is None:
+            return
+        from lightning_memo.envs.render import save_trial
+
+        collector.step_hooks.remove(self._grab)
+        self.frames.append(self._render(self.env_index))  # and where the trial ended
+        root = Path(self.dirpath) if self.dirpath is not None else Path(trainer.log_dir or trainer.default_root_dir) / "videos"
+        root.mkdir(parents=True, exist_ok=True)
+        self.saved.append(save_trial(self.frames, root / f"trial_{self._trial:05d}.gif", fps=self.fps))
+        self._trial = None  # self.frames keeps the last recording until the next one starts
+
+
+def _renderer(env):
+    """``env``'s ``render_frame(index)``, looked up through TorchRL transforms (``base_env``)."""
+    while env is not None and not hasattr(env, "render_frame"):
+        env = getattr(env, "base_env", None)
+    if env is None:
+        raise TypeError(
+            "RolloutVideo needs an env with render_frame(index) -> uint8 [H, W, 3] (DarkKeyToDoorEnv and "
+            "ObjNavGridEnv have one); add that method to your env or drop the callback."
+        )
+    return env.render_frame
 
 
 class EnvStepProgressBar(TQDMProgressBar):

@@ -16,6 +16,8 @@ The policy's TorchRL modules still work with ``Collector`` for ordinary use (see
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 from tensordict import TensorDictBase
 from torchrl.envs import EnvBase
@@ -44,6 +46,8 @@ class TrialCollector:
         self.num_envs = env.batch_size[0]
         self.history: TensorDictBase | None = None  # [N, t], the trial so far
         self.pending: TensorDictBase | None = None  # [N], the state the next step acts on
+        # called as hook(env, td) on the state each step acts on, before acting (e.g. to grab frames)
+        self.step_hooks: list[Callable[[EnvBase, TensorDictBase], None]] = []
 
     @property
     def t(self) -> int:
@@ -72,7 +76,7 @@ class TrialCollector:
         try:
             window = self.env.rollout(
                 steps,
-                self.policy.act,
+                self._act_with_hooks if self.step_hooks else self.policy.act,
                 auto_reset=False,
                 tensordict=self.pending,
                 break_when_any_done=False,
@@ -84,6 +88,11 @@ class TrialCollector:
         self.pending = step_mdp(window[:, -1], exclude_action=True)
         self.history = window if self.history is None else torch.cat((self.history, window), dim=1)
         return window
+
+    def _act_with_hooks(self, td: TensorDictBase) -> TensorDictBase:
+        for hook in self.step_hooks:
+            hook(self.env, td)
+        return self.policy.act(td)
 
     def prefix_with_pending(self) -> TensorDictBase:
         """The history plus the pending state as a last step, ``[N, t+1]`` (policy inputs only)."""

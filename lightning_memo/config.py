@@ -60,6 +60,7 @@ class TrainerConfig:
     progress_bar: bool = True
     torch_threads: Optional[int] = None  # torch.set_num_threads (tiny models on shared CPUs: 1)
     max_logged_episodes: int = 10  # inner-episode indices with their own metrics
+    video_every: int = 0  # save every k-th training trial of env 0 as a GIF under <run>/videos (0: off)
 
 
 @dataclass
@@ -136,6 +137,8 @@ def validate_config(cfg: RunConfig) -> None:
         raise ConfigError(f"trainer.torch_threads must be >= 1 or null (torch's default), got {t.torch_threads}.")
     if t.checkpoint_every < 0:
         raise ConfigError(f"trainer.checkpoint_every must be >= 0 (0: no checkpoints), got {t.checkpoint_every}.")
+    if t.video_every < 0:
+        raise ConfigError(f"trainer.video_every must be >= 0 (0: no videos), got {t.video_every}.")
     make_memory_from(cfg)  # unknown or invalid memory arguments fail here, named
 
 
@@ -207,7 +210,7 @@ def make_trainer(cfg: RunConfig, extra_callbacks: list | None = None):
     from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
     from lightning.pytorch.strategies import DDPStrategy
 
-    from lightning_memo.callbacks import EnvStepProgressBar, TrialMetrics
+    from lightning_memo.callbacks import EnvStepProgressBar, RolloutVideo, TrialMetrics
 
     t = cfg.trainer
     accelerator, devices = _launcher_devices(cfg)
@@ -229,6 +232,8 @@ def make_trainer(cfg: RunConfig, extra_callbacks: list | None = None):
     callbacks = [TrialMetrics(t.max_logged_episodes)]
     if t.progress_bar:
         callbacks.append(EnvStepProgressBar())
+    if t.video_every:
+        callbacks.append(RolloutVideo(every=t.video_every, dirpath=run_dir / "videos"))
     if t.checkpoint_every:
         callbacks.append(
             ModelCheckpoint(

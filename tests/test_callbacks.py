@@ -2,6 +2,8 @@
 
 import copy
 
+import numpy as np
+import pytest
 import torch
 
 from lightning_memo.callbacks import CacheRefresh, TrialCallback, TrialMetrics, shuffled_episode_order, trial_metrics
@@ -93,3 +95,42 @@ def test_trial_metrics_by_episode_index():
     assert m["return"] == 3.0 and m["successes"] == 2.0
     assert m["episode_len/0"] == 2.0 and m["episode_len/1"] == 4.0
     assert m["episode_return/0"] == 1.0 and m["episode_return/1"] == 2.0
+
+
+class _FirstObservation(TrialCallback):
+    """Keeps the first observation of every trial, taken when on_trial_start fires."""
+
+    def __init__(self):
+        self.seen = []
+
+    def on_trial_start(self, trainer, module, collector):
+        self.seen.append(collector.pending.get("observation").clone())
+
+
+def test_rollout_video_records_the_training_trials_without_changing_them(tmp_path):
+    from PIL import Image
+
+    from lightning_memo.callbacks import RolloutVideo
+
+    plain = tiny_module(num_trials=3)
+    tiny_trainer(max_epochs=3).fit(plain)
+    video, first = RolloutVideo(every=2, dirpath=tmp_path), _FirstObservation()
+    module = tiny_module(num_trials=3)
+    tiny_trainer([video, first], max_epochs=3).fit(module)
+    # trials 0 and 2 recorded, one frame per step plus the reset, from env 0 of those very trials
+    assert [p.name for p in video.saved] == ["trial_00000.gif", "trial_00002.gif"]
+    assert Image.open(video.saved[-1]).n_frames > 1
+    assert len(video.frames) == module.cfg.trial_len + 1
+    np.testing.assert_array_equal(video.frames[-1], module.collector.env.base_env.render_frame(0))  # where it ended
+    assert len(first.seen) == 3 and all(o.shape[0] == 4 for o in first.seen)
+    # recording is read-only: same trials, same weights as the run without the callback
+    for (name, a), b in zip(plain.policy.state_dict().items(), module.policy.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
+    assert module.collector.step_hooks == []
+
+
+def test_rollout_video_names_a_missing_renderer():
+    from lightning_memo.callbacks import _renderer
+
+    with pytest.raises(TypeError, match="render_frame"):
+        _renderer(object())

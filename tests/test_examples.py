@@ -27,7 +27,7 @@ def _run(args, tmp_path, launcher=(sys.executable,), timeout=300):
 
 
 def test_dark_key_to_door_cli(tmp_path):
-    args = [*TINY, "trainer.progress_bar=true", f"trainer.log_dir={tmp_path}"]
+    args = [*TINY, "trainer.progress_bar=true", "trainer.video_every=2", f"trainer.log_dir={tmp_path}"]
     proc = _run([str(ROOT / "examples/dark_key_to_door.py"), *args], tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     run = tmp_path / "dark_key_to_door"
@@ -36,6 +36,7 @@ def test_dark_key_to_door_cli(tmp_path):
     assert (run / "checkpoints" / "last.ckpt").exists()
     assert "env steps" in proc.stdout + proc.stderr  # the progress bar counts env steps
     assert list(run.glob("events.out.tfevents.*"))
+    assert [p.name for p in (run / "videos").iterdir()] == ["trial_00000.gif"]  # every 2nd of 2 trials
 
 
 def test_bad_config_on_the_command_line_fails_before_training(tmp_path):
@@ -54,6 +55,7 @@ def test_bad_config_on_the_command_line_fails_before_training(tmp_path):
         (["memories.memo.n_layer=2"], "memories.memo"),
         (["trainer.precision=fp8"], "trainer.precision"),
         (["trainer.loggers=[wandb]"], "trainer.loggers"),
+        (["trainer.video_every=-1"], "trainer.video_every"),
         (["ppo.num_minibatches=4", "env.num_envs=2"], "ppo.num_minibatches"),
         (["unknown_key=1"], "unknown_key"),
         (["ppo.epochs=four"], "ppo.epochs"),
@@ -115,7 +117,8 @@ def test_two_process_ddp_through_fabric_run(tmp_path):
     fabric = Path(sys.executable).parent / "fabric"
     proc = _run(
         ["run", "--devices", "2", "--accelerator", "cpu", str(ROOT / "tests/scripts/ddp_check.py"),
-         f"out={tmp_path}", *TINY, f"trainer.log_dir={tmp_path}"],
+         f"out={tmp_path}", *TINY, "ppo.num_minibatches=2", "ppo.grad_accumulation=2",  # exercises no_sync
+         f"trainer.log_dir={tmp_path}"],
         tmp_path,
         launcher=(str(fabric),),
         timeout=600,

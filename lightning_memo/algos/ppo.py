@@ -3,7 +3,7 @@
 One Lightning epoch = one training "batch" = one trial (``Trainer(max_epochs=cfg.num_trials)``; more
 trials later = a larger ``max_epochs`` and ``ckpt_path``). Inside :meth:`MemoPPO.training_step`:
 
-1. ``collector.start_trial(k)``: seeded env reset, empty memory.
+1. ``collector.start_trial(k)``: seeded env reset, empty memory; callbacks get ``on_trial_start``.
 2. Every ``U = update_every`` steps: collect ``U`` steps in step mode, then :meth:`MemoPPO.update`:
    GAE over the prefix ``[0, t)`` (bootstrapped with the current ``V(s_t)``, cut at inner episodes),
    ``epochs`` passes over minibatches of whole env sequences; each forward reads the whole prefix in
@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 import random
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Callable, Iterator, Optional
 
@@ -185,6 +186,7 @@ class MemoPPO(pl.LightningModule):
     def training_step(self, batch: int, batch_idx: int) -> None:
         cfg, collector = self.cfg, self.collector
         collector.start_trial(self.trial_index)
+        self._call_callbacks("on_trial_start", collector)
         stats: dict[str, float] = {}
         for t in range(cfg.update_every, cfg.trial_len + 1, cfg.update_every):
             collector.collect(cfg.update_every)
@@ -245,8 +247,11 @@ class MemoPPO(pl.LightningModule):
                 v_loss = value_loss(new_values.float(), values[idx], returns[idx], mask, cfg.value_clip)
                 entropy = masked_mean(dist.entropy(), mask)
                 loss = pg_loss + cfg.value_coef * v_loss - cfg.entropy_coef * entropy
-                self.manual_backward(loss / cfg.grad_accumulation)
-                if (i + 1) % cfg.grad_accumulation == 0:
+                step_now = (i + 1) % cfg.grad_accumulation == 0
+                # accumulate locally; DDP all-reduces once, in the backward that precedes the step
+                with nullcontext() if step_now else _no_backward_sync(self.trainer.strategy):
+                    self.manual_backward(loss / cfg.grad_accumulation)
+                if step_now:
                     self.clip_gradients(opt, gradient_clip_val=cfg.max_grad_norm, gradient_clip_algorithm="norm")
                     opt.step()
                     opt.zero_grad()
@@ -262,7 +267,7 @@ class MemoPPO(pl.LightningModule):
 
     # --------------------------------------------------------- callback hooks
     def _call_callbacks(self, hook: str, collector: TrialCollector) -> None:
-        """Dispatch the trial hooks (``on_policy_update``, ``on_trial_end``) to the trainer's callbacks."""
+        """Dispatch a trial hook (``on_trial_start``, ``on_policy_update``, ``on_trial_end``) to the callbacks."""
         for cb in self.trainer.callbacks:
             fn = getattr(cb, hook, None)
             if fn is not None:
@@ -284,6 +289,12 @@ class MemoPPO(pl.LightningModule):
         name, keys, pos, has_gauss, gauss = state["rng"]["numpy"]
         np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, gauss))
         random.setstate(state["rng"]["python"])
+
+
+def _no_backward_sync(strategy):
+    """The strategy's "skip the gradient all-reduce" context (DDP's ``no_sync``); a no-op on one device."""
+    block = getattr(strategy, "block_backward_sync", None)
+    return block() if block is not None else nullcontext()
 
 
 def _numpy_rng_state() -> tuple:
