@@ -2,7 +2,7 @@
 
     python benchmarks/bench_training.py                     # memo, fct, gru on Dark-Key-To-Door 9x9/50/500
     python benchmarks/bench_training.py --memories memo gru --trials 3 --num-envs 16
-    python benchmarks/bench_training.py --learning 300      # + the learning curves (Memo vs. memoryless)
+    python benchmarks/bench_training.py --learning 400      # + the learning curves (Memo vs. memoryless)
 
 Every memory runs at the same width (``--d-model``) and the same PPO settings, one after another in
 this process; the first trial of each is a warm-up and is not timed. Prints a Markdown table.
