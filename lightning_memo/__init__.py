@@ -12,6 +12,6 @@ __version__ = "0.1.0"
 
 __all__ = [
     "CacheRefresh", "EnvStepProgressBar", "MemoConfig", "MemoMemory", "MemoPPO", "MemoPolicy", "PPOConfig",
-    "RolloutVideo", "RunConfig", "SequenceMemory", "TrialCallback", "TrialCollector", "TrialMetrics", "envs", "load_config",
-    "make_memory", "train", "__version__",
+    "RolloutVideo", "RunConfig", "SequenceMemory", "TrialCallback", "TrialCollector", "TrialMetrics", "envs",
+    "load_config", "make_memory", "train", "__version__",
 ]

@@ -1,6 +1,6 @@
 """Callbacks at named points of the trial loop.
 
-Besides Lightning's hooks, :class:`~lightning_memo.algos.ppo.MemoPPO` calls two trial hooks on every
+Besides Lightning's hooks, :class:`~lightning_memo.algos.ppo.MemoPPO` calls three trial hooks on every
 callback that defines them (see :class:`TrialCallback`):
 
 * ``on_trial_start(trainer, module, collector)`` after the trial's seeded reset, before the first step:
@@ -169,8 +169,9 @@ class RolloutVideo(TrialCallback):
     """Saves every ``every``-th training trial of env ``env_index`` (rank 0) as ``trial_<k>.gif``.
 
     The ``trial_len + 1`` frames are the states the agent acted on while collecting, plus the final
-    one (no extra rollout, so training is unchanged), drawn by the env's ``render_frame(index)`` (the batched Dark-Key-To-Door and
-    ObjNavGrid envs have one). ``dirpath`` defaults to ``<trainer.log_dir>/videos``. Needs Pillow.
+    one (no extra rollout, so training is unchanged), drawn by the env's ``render_frame(index)`` (the
+    batched Dark-Key-To-Door and ObjNavGrid envs have one). ``dirpath`` defaults to
+    ``<trainer.log_dir>/videos``. Needs Pillow.
     """
 
     def __init__(self, every: int = 50, env_index: int = 0, dirpath: str | Path | None = None, fps: int = 8) -> None:
