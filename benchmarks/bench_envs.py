@@ -1,7 +1,8 @@
 """Environment steps per second: gymnasium classes vs batched TorchRL envs, both tasks, N = 1, 16, 256.
 
 * **gymnasium**: ``gymnasium.vector.SyncVectorEnv`` of N ``DarkKeyToDoorGym`` / ``ObjNavGridGym``
-  (numpy, one env after another; auto-reset in the same step).
+  (each the batched env with one row behind the gymnasium API, stepped one after another;
+  auto-reset in the same step): what a library that loops over gymnasium envs gets.
 * **batched**: one ``DarkKeyToDoorEnv`` / ``ObjNavGridEnv`` with ``num_envs=N`` stepped through
   ``step_and_maybe_reset`` (TorchRL's collector loop; auto-reset at the trial end).
 

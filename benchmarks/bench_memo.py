@@ -6,7 +6,8 @@ l_seg 256, l_sum 32).
    (the test oracle in ``tests/nn/naive_memo.py``), with the tokens each pushes through the layers.
 2. Step-mode cache bytes per row at 4,096 and 32,000 steps, and at the last step of the segments
    they open (where the current segment is fullest), the cache rebuilt with ``refresh`` and read with
-   ``cache_nbytes``, against a full-context Transformer's cache of ``t`` tokens.
+   ``cache_nbytes`` (held) and ``cache_allocated_nbytes`` (storage), against a full-context
+   Transformer's cache of ``t`` tokens.
 
 Denormal floats (tiny gradients of a mean loss) slow CPU matrix products by an order of magnitude
 and would swamp the comparison, so the script flushes them to zero (``torch.set_flush_denormal``).
@@ -27,7 +28,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # for the naive oracle under tests/
 
-from lightning_memo import MemoMemory  # noqa: E402
+from lightning_memo.nn import MemoMemory  # noqa: E402
 from tests.nn.naive_memo import naive_memo_sequence  # noqa: E402
 
 
@@ -60,7 +61,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=4096)
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=1, help="CPU intra-op threads (1: steadiest on a shared box)")
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
     size = dict(d_model=256, n_layers=4, n_heads=8, mlp_ratio=4.0, segment_len=256, summary_len=32)
     horizons = (4096, 4096 + 255, 32000, 32000 + 255)
     if args.quick:
@@ -91,14 +94,15 @@ def main() -> None:
 
     print("\nStep-mode cache per row (float32), Memo vs a full-context cache of t tokens")
     per_token = 2 * size["n_layers"] * size["d_model"] * 4
-    print(f"{'steps':>7} {'memo tokens':>12} {'memo MiB':>9} {'full MiB':>9} {'ratio':>7}")
+    print(f"{'steps':>7} {'memo tokens':>12} {'memo MiB':>9} {'alloc MiB':>10} {'full MiB':>9} {'ratio':>7}")
     with torch.no_grad():
         for t in horizons:
             memo.refresh(torch.randn(1, t, size["d_model"]))
             tokens = int(memo.memory_tokens()[0])
-            memo_bytes, full_bytes = memo.cache_nbytes(), t * per_token
+            memo_bytes, alloc, full_bytes = memo.cache_nbytes(), memo.cache_allocated_nbytes(), t * per_token
             assert tokens == summ * (t // seg) + t % seg
-            print(f"{t:>7} {tokens:>12} {memo_bytes / 2**20:>9.2f} {full_bytes / 2**20:>9.2f} {full_bytes / memo_bytes:>6.2f}x")
+            print(f"{t:>7} {tokens:>12} {memo_bytes / 2**20:>9.2f} {alloc / 2**20:>10.2f} {full_bytes / 2**20:>9.2f} "
+                  f"{full_bytes / memo_bytes:>6.2f}x")
 
 
 if __name__ == "__main__":

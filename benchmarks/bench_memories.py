@@ -34,7 +34,7 @@ import time
 
 import torch
 
-from lightning_memo import make_memory
+from lightning_memo.nn import make_memory
 from lightning_memo.nn import FullContextMemory, GRUMemory, MemoMemory, RMTMemory, SequenceMemory
 
 REFERENCE = dict(d_model=256, n_layers=4, n_heads=8, mlp_ratio=4.0)
@@ -69,19 +69,20 @@ def fill(memory: SequenceMemory, H: int, batch: int, spare: int) -> None:
     if isinstance(memory, GRUMemory):
         return  # fixed-size state
     m, n = held_tokens(memory, H)
-    cache, cfg = memory._cache, memory.config
+    cache, cfg = memory.new_cache(batch), memory.config
     head_dim = cfg.d_model // cfg.n_heads
     like = next(memory.parameters())
-    cache._reserve(m + n + spare, like)  # no regrowth while timing
-    source = cache.source()
+    cache.reserve(m + n + spare, like)  # no regrowth while timing
+    rows = torch.arange(batch, device=like.device)
     for layer in range(cfg.n_layers):
         kv = torch.randn(2, batch, cfg.n_heads, m + n, head_dim, dtype=like.dtype, device=like.device)
-        source(layer, kv[0], kv[1])
-    cache.advance(m + n)
-    if isinstance(memory, (MemoMemory, RMTMemory)):
-        memory._memory_len.fill_(m)
+        cache.fill(rows, layer, kv[0], kv[1])
+    cache.lengths.fill_(m + n)
+    if isinstance(memory, MemoMemory):  # Memo and RMT: the first m tokens are memory
+        cache.counters["memory"].fill_(m)
     elif cfg.position_policy == "grow":
         cache.offsets.fill_(H - n)
+    memory.load_cache_state(cache)
 
 
 def build(memory: SequenceMemory, H: int, batch: int, exact: bool, spare: int, device: str) -> None:

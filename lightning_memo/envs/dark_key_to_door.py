@@ -1,4 +1,4 @@
-"""Dark-Key-To-Door (spec/envs.md §1): a gymnasium class and a batched TorchRL env of the same task.
+"""Dark-Key-To-Door: the rules as a batched TorchRL env, and its gymnasium face.
 
 An empty ``size x size`` grid; a task = (start, key, door) cells drawn uniformly and independently
 per trial. Actions: up ``(0,-1)``, left ``(-1,0)``, down ``(0,1)``, right ``(1,0)``, no-op; moves are
@@ -18,40 +18,25 @@ Two boundary behaviours (``version``):
   (door cell included, time ``episode_len/episode_len`` on a timeout after ``episode_len`` steps); the
   next step ignores its action, gives 0 reward and returns the restarted observation.
 
-Inner-episode facts: ``episode_start`` (this observation is the first of an inner episode),
-``episode_index`` (its ordinal in the trial), ``episode_end`` and ``success`` (the step ended an inner
-episode / did so on the door). A trial that runs out mid-episode does not set ``episode_end``.
+Inner-episode facts: ``episode_start``, ``episode_index``, ``episode_end`` and ``success`` (see
+:class:`~lightning_memo.envs._common.TrialEnv`). A trial that runs out mid-episode does not set
+``episode_end``.
 
-Env ``i`` of ``DarkKeyToDoorEnv(seed=s)`` plays exactly the trials of ``DarkKeyToDoorGym`` reset with
-``seed=s + i``.
+:class:`DarkKeyToDoorGym` is :class:`DarkKeyToDoorEnv` with one row, so env ``i`` of
+``DarkKeyToDoorEnv(seed=s)`` plays exactly the trials of ``DarkKeyToDoorGym`` reset with ``seed=s + i``.
 """
 
 from __future__ import annotations
 
-from typing import Any
-
-import gymnasium as gym
 import numpy as np
 import torch
 from tensordict import TensorDict, TensorDictBase
-from torchrl.data import Bounded, Categorical, Composite, Unbounded
-from torchrl.envs import EnvBase
 
-from lightning_memo.envs._common import batched_action, check_choice, check_int, env_rngs, gym_action
+from lightning_memo.envs._common import TrialEnv, TrialGym, check_choice, check_int
 
 VERSIONS = ("memo", "amago")
 NUM_ACTIONS = 5
 DIRECTIONS = np.array([[0, -1], [-1, 0], [0, 1], [1, 0], [0, 0]], dtype=np.int64)  # (dx, dy)
-
-
-def check_config(size: int, episode_len: int, trial_len: int, version: str) -> tuple[int, int, int, str]:
-    """Validated ``(size, episode_len, trial_len, version)``."""
-    return (
-        check_int("size", size, minimum=2),
-        check_int("episode_len", episode_len),
-        check_int("trial_len", trial_len),
-        check_choice("version", version, VERSIONS),
-    )
 
 
 def sample_task(rng: np.random.Generator, size: int) -> np.ndarray:
@@ -59,115 +44,16 @@ def sample_task(rng: np.random.Generator, size: int) -> np.ndarray:
     return rng.integers(0, size, size=(3, 2))
 
 
-class DarkKeyToDoorGym(gym.Env):
-    """One Dark-Key-To-Door trial per ``reset`` (gymnasium API, seeded through ``np_random``).
-
-    Observation ``float32 [4]`` (``[8]`` when ``dark=False``), action ``Discrete(5)``. ``info`` holds
-    ``episode_start``, ``episode_index``, ``episode_end``, ``success`` and ``has_key``.
-    """
-
-    metadata = {"render_modes": ["rgb_array"], "render_fps": 8}
-
-    def __init__(
-        self,
-        size: int = 9,
-        episode_len: int = 50,
-        trial_len: int = 500,
-        dark: bool = True,
-        version: str = "memo",
-        render_mode: str | None = None,
-    ):
-        self.size, self.episode_len, self.trial_len, self.version = check_config(
-            size, episode_len, trial_len, version
-        )
-        self.dark = bool(dark)
-        self.render_mode = check_choice("render_mode", render_mode, (None, "rgb_array"))
-        self.observation_space = gym.spaces.Box(0.0, 1.0, (4 if self.dark else 8,), np.float32)
-        self.action_space = gym.spaces.Discrete(NUM_ACTIONS)
-        self._task: np.ndarray | None = None
-
-    def reset(self, *, seed: int | None = None, options: dict | None = None):
-        """A new trial; ``options={"task": [[sx, sy], [kx, ky], [dx, dy]]}`` fixes its layout."""
-        super().reset(seed=seed)
-        self._task = sample_task(self.np_random, self.size)
-        if options and "task" in options:
-            task = np.asarray(options["task"], dtype=np.int64)
-            if task.shape != (3, 2) or task.min() < 0 or task.max() >= self.size:
-                raise ValueError(
-                    f"options['task'] must be (start, key, door) cells in [0, {self.size}), got {task.tolist()}."
-                )
-            self._task = task
-        self._pos = self._task[0].copy()
-        self._has_key = False
-        self._ep_t = 0
-        self._ep_index = 0
-        self._trial_t = 0
-        self._restart_next = False  # "amago" version: the next step is the restart step
-        return self._obs(), self._info(start=True, end=False, success=False)
-
-    def step(self, action: Any):
-        if self._task is None or self._trial_t >= self.trial_len:
-            raise RuntimeError("the trial is over (or never started): call reset() first.")
-        a = gym_action(action, NUM_ACTIONS)
-        start, key, door = self._task
-        reward, success, end, restart = 0.0, False, False, False
-        if self._restart_next:
-            self._restart_next, restart = False, True
-        else:
-            self._pos = np.clip(self._pos + DIRECTIONS[a], 0, self.size - 1)
-            self._ep_t += 1
-            if self._has_key and (self._pos == door).all():
-                reward, success = 1.0, True
-            elif not self._has_key and (self._pos == key).all():
-                reward, self._has_key = 1.0, True
-            limit = self.episode_len + (1 if self.version == "memo" else 0)
-            end = success or self._ep_t >= limit
-            if end and self.version == "memo":
-                restart = True
-            elif end:
-                self._restart_next = True
-        if restart:
-            self._pos, self._has_key, self._ep_t = start.copy(), False, 0
-            self._ep_index += 1
-        self._trial_t += 1
-        over = self._trial_t >= self.trial_len
-        return self._obs(), reward, over, over, self._info(start=restart, end=end, success=success)
-
-    def _obs(self) -> np.ndarray:
-        obs = [*(self._pos / self.size), float(self._has_key), self._ep_t / self.episode_len]
-        if not self.dark:
-            obs += [*(self._task[2] / self.size), *(self._task[1] / self.size)]
-        return np.asarray(obs, dtype=np.float32)
-
-    def _info(self, start: bool, end: bool, success: bool) -> dict:
-        return {
-            "episode_start": start,
-            "episode_index": self._ep_index,
-            "episode_end": end,
-            "success": success,
-            "has_key": self._has_key,
-        }
-
-    def render(self) -> np.ndarray | None:
-        if self.render_mode is None or self._task is None:
-            return None
-        from lightning_memo.envs.render import render_dktd
-
-        start, key, door = self._task
-        return render_dktd(self.size, self._pos, key, door, start, self._has_key)
-
-
-class DarkKeyToDoorEnv(EnvBase):
+class DarkKeyToDoorEnv(TrialEnv):
     """``num_envs`` Dark-Key-To-Door trials as tensors (TorchRL ``EnvBase``, ``batch_size=[N]``).
 
-    Reset/step outputs: ``observation`` float32 ``[N, 4]`` (``[N, 8]`` light), ``episode_start`` bool
-    ``[N, 1]``, ``episode_index`` int64 ``[N, 1]``; after a step also ``reward`` float32 ``[N, 1]``,
-    ``success``/``episode_end`` bool ``[N, 1]`` and ``done``/``terminated``/``truncated`` ``[N, 1]``
-    (true at the trial end only). Action: ``Categorical(5)`` integers ``[N]``. Tasks are drawn per env
-    with a numpy Generator seeded ``seed + i`` (at reset only; steps are pure tensor ops).
+    Outputs: ``observation`` float32 ``[N, 4]`` (``[N, 8]`` light) and the flags of
+    :class:`~lightning_memo.envs._common.TrialEnv`. Action: ``Categorical(5)`` integers ``[N]``. Tasks
+    are drawn per env at reset with a numpy Generator seeded ``seed + i`` (steps are pure tensor ops);
+    a reset input with ``task`` int64 ``[N, 3, 2]`` (start, key, door as ``(x, y)``) fixes the layouts
+    of the rows being reset instead (the Generators advance as usual).
     """
 
-    observation_keys = ("observation",)
     num_actions = NUM_ACTIONS
 
     def __init__(
@@ -181,16 +67,13 @@ class DarkKeyToDoorEnv(EnvBase):
         device: torch.device | str | None = None,
         seed: int | None = None,
     ):
-        num_envs = check_int("num_envs", num_envs)
-        super().__init__(device=device, batch_size=[num_envs])
-        self.num_envs = num_envs
-        self.size, self.episode_len, self.trial_len, self.version = check_config(
-            size, episode_len, trial_len, version
-        )
+        super().__init__(num_envs, trial_len, device, seed)
+        self.size = check_int("size", size, minimum=2)
+        self.episode_len = check_int("episode_len", episode_len)
+        self.version = check_choice("version", version, VERSIONS)
         self.dark = bool(dark)
         self._limit = self.episode_len + (1 if self.version == "memo" else 0)
-        self._make_specs()
-        self._rngs = env_rngs(seed, num_envs)
+        self._make_specs({"observation": self._box(0.0, 1.0, 4 if self.dark else 8)})
         n, dev = num_envs, self.device
         self._dirs = torch.as_tensor(DIRECTIONS, device=dev)
         scale = [self.size, self.size, 1, self.episode_len] + [self.size] * (0 if self.dark else 4)
@@ -201,51 +84,33 @@ class DarkKeyToDoorEnv(EnvBase):
         self._ep_t = torch.zeros(n, dtype=torch.long, device=dev)
         self._ep_index = torch.zeros(n, dtype=torch.long, device=dev)
         self._trial_t = torch.zeros(n, dtype=torch.long, device=dev)
-        self._restart_next = torch.zeros(n, dtype=torch.bool, device=dev)
-
-    def _make_specs(self) -> None:
-        shape, dev = self.batch_size, self.device
-        flag = dict(n=2, shape=(*shape, 1), dtype=torch.bool, device=dev)
-        self.observation_spec = Composite(
-            observation=Bounded(0.0, 1.0, shape=(*shape, 4 if self.dark else 8), dtype=torch.float32, device=dev),
-            episode_start=Categorical(**flag),
-            episode_index=Unbounded((*shape, 1), dtype=torch.int64, device=dev),
-            success=Categorical(**flag),
-            episode_end=Categorical(**flag),
-            shape=shape,
-            device=dev,
-        )
-        self.action_spec = Categorical(NUM_ACTIONS, shape=shape, dtype=torch.int64, device=dev)
-        self.reward_spec = Unbounded((*shape, 1), dtype=torch.float32, device=dev)
-        self.done_spec = Composite(
-            done=Categorical(**flag),
-            terminated=Categorical(**flag),
-            truncated=Categorical(**flag),
-            shape=shape,
-            device=dev,
-        )
-
-    def _set_seed(self, seed: int | None) -> None:
-        self._rngs = env_rngs(seed, self.num_envs)
+        self._restart_next = torch.zeros(n, dtype=torch.bool, device=dev)  # "amago": the next step restarts
 
     def _reset(self, tensordict: TensorDictBase | None = None, **kwargs) -> TensorDictBase:
-        mask = None if tensordict is None else tensordict.get("_reset", None)
-        mask = torch.ones(self.num_envs, dtype=torch.bool) if mask is None else mask.reshape(-1).cpu()
-        idx = mask.nonzero().squeeze(-1)
-        tasks = [sample_task(self._rngs[i], self.size) for i in idx.tolist()]
+        idx = self._reset_rows(tensordict)
+        tasks = [sample_task(self.rngs[i], self.size) for i in idx.tolist()]
         idx = idx.to(self.device)
         if tasks:
-            self._task.index_copy_(0, idx, torch.as_tensor(np.stack(tasks), device=self.device))
+            fixed = None if tensordict is None else tensordict.get("task", None)
+            new = torch.as_tensor(np.stack(tasks), device=self.device)
+            if fixed is not None:
+                new = self._check_task(fixed).index_select(0, idx)
+            self._task.index_copy_(0, idx, new)
         self._pos.index_copy_(0, idx, self._task[:, 0].index_select(0, idx))
         for state in (self._has_key, self._restart_next, self._ep_t, self._ep_index, self._trial_t):
             state.index_fill_(0, idx, 0)
-        false = torch.zeros(self.num_envs, 1, dtype=torch.bool, device=self.device)
-        return self._output(
-            episode_start=torch.ones_like(false), success=false, episode_end=false, done=false
-        )
+        return self._reset_output(self._observe(), self._ep_index)
+
+    def _check_task(self, task: torch.Tensor) -> torch.Tensor:
+        if task.shape != (self.num_envs, 3, 2) or task.dtype.is_floating_point or task.min() < 0 or task.max() >= self.size:
+            raise ValueError(
+                f"task must hold (start, key, door) cells (x, y) in [0, {self.size}) per env, shape "
+                f"[{self.num_envs}, 3, 2]; got {task.tolist()}."
+            )
+        return task.to(self.device, torch.long)
 
     def _step(self, tensordict: TensorDictBase) -> TensorDictBase:
-        action = batched_action(tensordict.get("action", None), self.num_envs, NUM_ACTIONS)
+        action = self._action(tensordict)
         start, key, door = self._task.unbind(1)
         restart_now = self._restart_next
         moving = ~restart_now
@@ -265,34 +130,17 @@ class DarkKeyToDoorEnv(EnvBase):
         self._ep_t = torch.where(restart, 0, ep_t)
         self._ep_index = self._ep_index + restart.long()
         self._trial_t = self._trial_t + 1
-        done = (self._trial_t >= self.trial_len)[:, None]
-        out = self._output(
-            episode_start=restart[:, None], success=success[:, None], episode_end=end[:, None], done=done
+        return self._output(
+            self._observe(), episode_start=restart, episode_index=self._ep_index, success=success,
+            episode_end=end, done=self._trial_t >= self.trial_len, reward=(success | pickup).float(),
         )
-        out.set("reward", (success | pickup).float()[:, None])
-        return out
 
-    def _output(self, episode_start, success, episode_end, done) -> TensorDictBase:
-        """The observation entries of the current state plus the given flags (all ``[N, 1]``)."""
+    def _observe(self) -> dict[str, torch.Tensor]:
         values = [self._pos, self._has_key[:, None].long(), self._ep_t[:, None]]
         if not self.dark:
             values += [self._task[:, 2], self._task[:, 1]]
-        # float64 then float32, exactly as the gymnasium class computes it
-        obs = (torch.cat(values, -1).double() / self._obs_scale).float()
-        return TensorDict(
-            {
-                "observation": obs,
-                "episode_start": episode_start,
-                "episode_index": self._ep_index[:, None].clone(),
-                "success": success,
-                "episode_end": episode_end,
-                "done": done,
-                "terminated": done.clone(),
-                "truncated": done.clone(),
-            },
-            batch_size=self.batch_size,
-            device=self.device,
-        )
+        # float64 then float32: the same rounding as numpy's float64 arithmetic
+        return {"observation": (torch.cat(values, -1).double() / self._obs_scale).float()}
 
     def render_frame(self, index: int = 0) -> np.ndarray:
         """An RGB ``uint8 [H, W, 3]`` picture of env ``index`` (see :func:`render.render_dktd`)."""
@@ -301,3 +149,41 @@ class DarkKeyToDoorEnv(EnvBase):
         start, key, door = self._task[index].cpu().numpy()
         pos = self._pos[index].cpu().numpy()
         return render_dktd(self.size, pos, key, door, start, bool(self._has_key[index]))
+
+
+class DarkKeyToDoorGym(TrialGym):
+    """One Dark-Key-To-Door trial per ``reset`` (gymnasium API, seeded through ``np_random``).
+
+    :class:`DarkKeyToDoorEnv` with one row. Observation ``float32 [4]`` (``[8]`` when ``dark=False``),
+    action ``Discrete(5)``. ``info`` holds ``episode_start``, ``episode_index``, ``episode_end``,
+    ``success`` and ``has_key``. ``reset(options={"task": [[sx, sy], [kx, ky], [dx, dy]]})`` fixes the
+    trial's layout.
+    """
+
+    def __init__(
+        self,
+        size: int = 9,
+        episode_len: int = 50,
+        trial_len: int = 500,
+        dark: bool = True,
+        version: str = "memo",
+        render_mode: str | None = None,
+    ):
+        env = DarkKeyToDoorEnv(1, size, episode_len, trial_len, dark, version)
+        super().__init__(env, render_mode)
+        self.size, self.episode_len, self.trial_len, self.dark, self.version = size, episode_len, trial_len, dark, version
+
+    @property
+    def task(self) -> np.ndarray:
+        """This trial's start, key and door cells, int64 ``[3, 2]`` as ``(x, y)``."""
+        return self.batched._task[0].cpu().numpy()
+
+    def _reset_input(self, options: dict) -> TensorDictBase | None:
+        if set(options) - {"task"}:
+            raise ValueError(f"DarkKeyToDoorGym.reset takes options 'task' only, got {sorted(options)}.")
+        if "task" not in options:
+            return None
+        return TensorDict(task=torch.as_tensor(np.asarray(options["task"]))[None], batch_size=[1])
+
+    def _info(self) -> dict:
+        return {**super()._info(), "has_key": bool(self.batched._has_key[0])}

@@ -1,4 +1,4 @@
-"""Habitat backend for ExtObjNav (spec/envs.md §2): habitat-lab episodes as ObjNavGrid-shaped trials.
+"""Habitat backend for ExtObjNav: habitat-lab episodes as ObjNavGrid-shaped trials.
 
 Needs habitat-sim (conda) and habitat-lab (``pip install "lightning_memo[habitat]"``) plus scene and
 episode data; see ``docs/habitat.md``. Nothing here imports habitat at module import time.
@@ -23,10 +23,9 @@ import numpy as np
 import torch
 from tensordict import TensorDict, TensorDictBase
 from torch import Tensor
-from torchrl.data import Bounded, Categorical, Composite, Unbounded
-from torchrl.envs import EnvBase
+from torchrl.data import Unbounded
 
-from lightning_memo.envs._common import batched_action, check_int
+from lightning_memo.envs._common import TrialEnv, check_int
 
 ACTIONS = ("stop", "move_forward", "turn_left", "turn_right", "look_up", "look_down")
 DOCS = "docs/habitat.md (https://github.com/lightning-memo/lightning_memo/blob/main/docs/habitat.md)"
@@ -112,23 +111,6 @@ def step_outcome(
     return reward, success, float(metrics["spl"]), distance
 
 
-class PooledRGBEncoder(torch.nn.Module):
-    """A tiny stand-in encoder: RGB ``uint8 [N, H, W, 3]`` average-pooled to ``[N, 3 * grid**2]``.
-
-    For smoke tests; the paper uses a frozen VC-1 ViT-B (:func:`load_vc1_encoder`).
-    """
-
-    def __init__(self, grid: int = 8):
-        super().__init__()
-        self.grid = grid
-        self.out_dim = 3 * grid * grid
-
-    @torch.no_grad()
-    def forward(self, rgb: Tensor) -> Tensor:
-        x = rgb.permute(0, 3, 1, 2).float() / 255.0
-        return torch.nn.functional.adaptive_avg_pool2d(x, self.grid).flatten(1)
-
-
 def load_vc1_encoder(device: Any = None) -> torch.nn.Module:
     """The frozen VC-1 ViT-B encoder (768-d CLS feature) from ``vc_models`` (eai-vc)."""
     try:
@@ -153,7 +135,7 @@ def load_vc1_encoder(device: Any = None) -> torch.nn.Module:
     return VC1().to(device)
 
 
-class HabitatObjNavEnv(EnvBase):
+class HabitatObjNavEnv(TrialEnv):
     """``num_envs`` habitat-lab envs stepped in turn as one TorchRL env (``batch_size=[N]``).
 
     A trial is ``trial_len`` steps; inner episodes are the habitat episodes that follow one another
@@ -184,46 +166,31 @@ class HabitatObjNavEnv(EnvBase):
         seed: int | None = None,
     ):
         habitat = require_habitat()
-        num_envs = check_int("num_envs", num_envs)
-        super().__init__(device=device, batch_size=[num_envs])
+        super().__init__(num_envs, trial_len, device, seed)
         if isinstance(config, str):
             config = habitat.get_config(config, overrides=list(overrides))
         self.encoder = encoder if encoder is not None else load_vc1_encoder(device)
-        self.num_envs, self.num_categories = num_envs, check_int("num_categories", num_categories)
-        self.trial_len = check_int("trial_len", trial_len)
+        self.num_categories = check_int("num_categories", num_categories)
         self.slack_reward, self.success_reward, self.keys = slack_reward, success_reward, keys
-        self._envs = [habitat.Env(config=config) for _ in range(num_envs)]
+        self._envs = [habitat.Env(config=config) for _ in range(self.num_envs)]
         if seed is not None:
             self._set_seed(seed)
-        self._make_specs(int(self.encoder.out_dim))
-        self._origin = np.zeros((num_envs, 2))
-        self._distance = np.zeros(num_envs)
-        self._ep_index = np.zeros(num_envs, dtype=np.int64)
-        self._trial_t = np.zeros(num_envs, dtype=np.int64)
-        self._obs: list[Mapping[str, np.ndarray]] = [{} for _ in range(num_envs)]
-
-    def _make_specs(self, feature_dim: int) -> None:
         shape, dev = self.batch_size, self.device
-        flag = dict(n=2, shape=(*shape, 1), dtype=torch.bool, device=dev)
-        self.observation_spec = Composite(
-            view=Unbounded((*shape, feature_dim), device=dev),
-            target=Bounded(0.0, 1.0, shape=(*shape, self.num_categories), device=dev),
-            gps=Unbounded((*shape, 2), device=dev),
-            heading=Bounded(-1.0, 1.0, shape=(*shape, 2), device=dev),
-            episode_start=Categorical(**flag),
-            episode_index=Unbounded((*shape, 1), dtype=torch.int64, device=dev),
-            success=Categorical(**flag),
-            episode_end=Categorical(**flag),
-            spl=Bounded(0.0, 1.0, shape=(*shape, 1), device=dev),
-            shape=shape,
-            device=dev,
+        self._make_specs(
+            dict(
+                view=Unbounded((*shape, int(self.encoder.out_dim)), device=dev),
+                target=self._box(0.0, 1.0, self.num_categories),
+                gps=Unbounded((*shape, 2), device=dev),
+                heading=self._box(-1.0, 1.0, 2),
+            ),
+            spl=self._box(0.0, 1.0, 1),
         )
-        self.action_spec = Categorical(len(ACTIONS), shape=shape, dtype=torch.int64, device=dev)
-        self.reward_spec = Unbounded((*shape, 1), device=dev)
-        self.done_spec = Composite(
-            done=Categorical(**flag), terminated=Categorical(**flag), truncated=Categorical(**flag),
-            shape=shape, device=dev,
-        )
+        n = self.num_envs
+        self._origin = np.zeros((n, 2))
+        self._distance = np.zeros(n)
+        self._ep_index = np.zeros(n, dtype=np.int64)
+        self._trial_t = np.zeros(n, dtype=np.int64)
+        self._obs: list[Mapping[str, np.ndarray]] = [{} for _ in range(n)]
 
     def _set_seed(self, seed: int | None) -> None:
         if seed is not None:
@@ -243,21 +210,16 @@ class HabitatObjNavEnv(EnvBase):
         return ground_pose(state.position, quaternion.as_float_array(state.rotation))
 
     def _reset(self, tensordict: TensorDictBase | None = None, **kwargs) -> TensorDictBase:
-        mask = None if tensordict is None else tensordict.get("_reset", None)
-        idx = range(self.num_envs) if mask is None else mask.reshape(-1).nonzero().squeeze(-1).tolist()
-        for i in idx:
+        for i in self._reset_rows(tensordict).tolist():
             self._start_episode(i, new_trial=True)
             self._ep_index[i], self._trial_t[i] = 0, 0
-        n = self.num_envs
-        false = np.zeros(n, bool)
-        return self._output(~false, false, false, np.zeros(n), false)
+        return self._reset_output(self._observe(), self._tensor(self._ep_index), spl=self._tensor(np.zeros(self.num_envs)))
 
     def _step(self, tensordict: TensorDictBase) -> TensorDictBase:
-        actions = batched_action(tensordict.get("action", None), self.num_envs, len(ACTIONS)).tolist()
         n = self.num_envs
         reward, spl = np.zeros(n), np.zeros(n)
         success, end = np.zeros(n, bool), np.zeros(n, bool)
-        for i, a in enumerate(actions):
+        for i, a in enumerate(self._action(tensordict).tolist()):
             env = self._envs[i]
             self._obs[i] = env.step(a)
             reward[i], success[i], spl_i, self._distance[i] = step_outcome(
@@ -269,11 +231,17 @@ class HabitatObjNavEnv(EnvBase):
                 self._ep_index[i] += 1
                 self._start_episode(i, new_trial=False)
         self._trial_t += 1
-        out = self._output(end, success, end, spl, self._trial_t >= self.trial_len)
-        out.set("reward", torch.as_tensor(reward, dtype=torch.float32, device=self.device)[:, None])
-        return out
+        t = self._tensor
+        return self._output(
+            self._observe(), episode_start=t(end), episode_index=t(self._ep_index), success=t(success),
+            episode_end=t(end), done=t(self._trial_t >= self.trial_len), spl=t(spl, torch.float32),
+            reward=t(reward, torch.float32),
+        )
 
-    def _output(self, episode_start, success, episode_end, spl, done) -> TensorDictBase:
+    def _tensor(self, x: np.ndarray, dtype: torch.dtype | None = None) -> Tensor:
+        return torch.as_tensor(x, dtype=dtype, device=self.device)
+
+    def _observe(self) -> dict[str, Tensor]:
         rgb, target, gps, heading = [], [], [], []
         for i in range(self.num_envs):
             frame, onehot = convert_observation(self._obs[i], self.num_categories, self.keys)
@@ -282,27 +250,12 @@ class HabitatObjNavEnv(EnvBase):
             target.append(onehot)
             gps.append(xy - self._origin[i])
             heading.append(head)
-        t = lambda x, dtype=torch.float32: torch.as_tensor(np.asarray(x), dtype=dtype, device=self.device)  # noqa: E731
-        flag = lambda x: t(x, torch.bool)[:, None]  # noqa: E731
-        done = flag(done)
-        return TensorDict(
-            {
-                "view": self.encoder(torch.stack(rgb).to(self.device)).float(),
-                "target": torch.stack(target).to(self.device),
-                "gps": t(gps),
-                "heading": t(heading),
-                "episode_start": flag(episode_start),
-                "episode_index": t(self._ep_index, torch.int64)[:, None],
-                "success": flag(success),
-                "episode_end": flag(episode_end),
-                "spl": t(spl)[:, None],
-                "done": done,
-                "terminated": done.clone(),
-                "truncated": done.clone(),
-            },
-            batch_size=self.batch_size,
-            device=self.device,
-        )
+        return {
+            "view": self.encoder(torch.stack(rgb).to(self.device)).float(),
+            "target": torch.stack(target).to(self.device),
+            "gps": self._tensor(np.stack(gps), torch.float32),
+            "heading": self._tensor(np.stack(heading), torch.float32),
+        }
 
     def close(self, *, raise_if_closed: bool = True) -> None:
         for env in getattr(self, "_envs", []):

@@ -1,4 +1,4 @@
-"""Per-step trial features that turn any TorchRL env into a meta-RL trial (spec/envs.md §1).
+"""Per-step trial features that turn any TorchRL env into a meta-RL trial.
 
 :class:`TrialFeatures` adds, for batch shape ``[*B]`` and ``A`` discrete actions:
 

@@ -1,27 +1,31 @@
-"""The Transformer every memory shares: pre-norm blocks, RMSNorm, RoPE attention over a KV prefix.
+"""The Transformer every memory shares, and the two places its keys/values come from.
 
 ``h += Attn(RMSNorm(h)); h += MLP(RMSNorm(h))``, a final RMSNorm after the last block. Attention has
 no biases; rotary embeddings (rotate-half, base 10000) are applied to queries and keys, and keys are
 handed to the KV source *after* rotation, so cached keys never need re-rotating.
 
-Where the keys come from is the caller's business: every attention layer calls a ``KVSource``
-``(layer, k_new, v_new) -> (k_all, v_all, mask)`` with the new tokens' keys/values. The sequence
-mode uses :class:`PrefixKV` (a fixed prefix plus causal new tokens); the step mode uses the cache
-of :mod:`lightning_memo.nn.cache`. Shapes: ``x [B,n,D]``, ``pos [B,n]`` or ``[n]``,
-``k/v [B,H,n,Dh]``, ``mask`` bool broadcastable to ``[B,H,n,S]`` (True = may attend) or ``None``
-for plain causal attention among the new tokens.
+Every attention layer calls a KV source ``(layer, k_new, v_new) -> (k_all, v_all, mask)``:
+
+* :class:`PrefixKV` (sequence mode): a fixed prefix plus causal attention among the new tokens;
+* :class:`CacheKV` over a :class:`KVCache` (step mode): per-row stored tokens plus the new ones.
+
+Shapes: ``x [B,n,D]``, ``pos [B,n]`` or ``[n]``, ``k/v [B,H,n,Dh]``, ``mask`` bool broadcastable to
+``[B,H,n,S]`` (True = may attend) or ``None`` for plain causal attention among the new tokens.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Optional
+from functools import lru_cache
+from typing import Callable, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 KVSource = Callable[[int, Tensor, Tensor], tuple[Tensor, Tensor, Optional[Tensor]]]
+Rope = tuple[Tensor, Tensor]  # cos, sin [B,1,n,Dh/2] or [n,Dh/2]
+LayerKV = list[Optional[tuple[Tensor, Tensor]]]  # per layer (k, v) [B,H,n,Dh]; None for a skipped layer
 
 
 @dataclass
@@ -38,12 +42,11 @@ class TransformerConfig:
     norm_eps: float = 1e-6
 
     def validate(self) -> None:
-        _positive(d_model=self.d_model, n_layers=self.n_layers, n_heads=self.n_heads)
+        positive(d_model=self.d_model, n_layers=self.n_layers, n_heads=self.n_heads)
         if self.d_model % self.n_heads:
-            raise ValueError(
-                f"n_heads={self.n_heads} must divide d_model={self.d_model}; pick e.g. n_heads="
-                f"{_divisor_near(self.d_model, self.n_heads)}."
-            )
+            divisors = [d for d in range(1, self.d_model + 1) if self.d_model % d == 0]
+            near = min(divisors, key=lambda d: abs(d - self.n_heads))
+            raise ValueError(f"n_heads={self.n_heads} must divide d_model={self.d_model}; pick e.g. n_heads={near}.")
         if (self.d_model // self.n_heads) % 2:
             raise ValueError(
                 f"head width d_model/n_heads={self.d_model // self.n_heads} must be even for rotary embeddings."
@@ -61,14 +64,11 @@ class TransformerConfig:
 _ACTIVATIONS = {"gelu": F.gelu, "silu": F.silu}
 
 
-def _positive(**values: int) -> None:
+def positive(**values: int) -> None:
+    """Raise naming the first argument that is not a positive integer."""
     for name, value in values.items():
         if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
             raise ValueError(f"{name} must be a positive integer, got {value!r}.")
-
-
-def _divisor_near(n: int, k: int) -> int:
-    return min((d for d in range(1, n + 1) if n % d == 0), key=lambda d: abs(d - k))
 
 
 class RMSNorm(nn.Module):
@@ -81,26 +81,57 @@ class RMSNorm(nn.Module):
         return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight
 
 
-def apply_rope(x: Tensor, pos: Tensor, base: float) -> Tensor:
-    """Rotate ``x [B,H,n,Dh]`` to positions ``pos [B,n]`` or ``[n]`` (rotate-half convention)."""
-    half = x.shape[-1] // 2
-    # float64 inputs get float64 angles so that the float64 parity oracles can be tight.
-    angle_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
-    inv_freq = base ** (-torch.arange(half, device=x.device, dtype=angle_dtype) / half)
-    angles = pos.to(angle_dtype)[..., None] * inv_freq  # [B,n,half] or [n,half]
+# ------------------------------------------------------------------------------------------ RoPE
+@lru_cache(maxsize=None)
+def _inv_freq(half: int, base: float, device: torch.device, dtype: torch.dtype) -> Tensor:
+    return base ** (-torch.arange(half, device=device, dtype=dtype) / half)
+
+
+def rope_tables(pos: Tensor, head_dim: int, base: float, dtype: torch.dtype) -> Rope:
+    """cos/sin of positions ``pos [B,n]`` or ``[n]`` for heads of width ``head_dim``, cast to ``dtype``.
+
+    float64 inputs get float64 angles so that the float64 parity oracles can be tight.
+    """
+    angle_dtype = torch.float64 if dtype == torch.float64 else torch.float32
+    angles = pos.to(angle_dtype)[..., None] * _inv_freq(head_dim // 2, base, pos.device, angle_dtype)
     if angles.dim() == 3:
-        angles = angles[:, None]  # broadcast over heads
-    cos, sin = angles.cos().to(x.dtype), angles.sin().to(x.dtype)
-    x1, x2 = x[..., :half], x[..., half:]
+        angles = angles[:, None]  # [B,1,n,half]: broadcast over heads
+    return angles.cos().to(dtype), angles.sin().to(dtype)
+
+
+def rotate(x: Tensor, rope: Rope) -> Tensor:
+    """Rotate ``x [B,H,n,Dh]`` by the tables of :func:`rope_tables` (rotate-half convention)."""
+    cos, sin = rope
+    x1, x2 = x.chunk(2, dim=-1)
     return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
 
 
+def apply_rope(x: Tensor, pos: Tensor, base: float) -> Tensor:
+    """Rotate ``x [B,H,n,Dh]`` to positions ``pos [B,n]`` or ``[n]``."""
+    return rotate(x, rope_tables(pos, x.shape[-1], base, x.dtype))
+
+
+def drop_front(k: Tensor, v: Tensor, count: Tensor, rebase: bool, rope_base: float) -> tuple[Tensor, Tensor]:
+    """Drop the first ``count[b]`` tokens of each row of ``k/v [B,H,n,Dh]``, shifting the rest to slot 0.
+
+    With ``rebase`` the kept keys are rotated by ``-count`` so their positions restart at 0 (exact for
+    RoPE: scores depend on relative positions only). The last ``count[b]`` slots of a row are junk.
+    """
+    B, H, n, Dh = k.shape
+    source = (torch.arange(n, device=k.device) + count[:, None]).clamp(max=n - 1)  # [B, n]
+    index = source[:, None, :, None].expand(B, H, n, Dh)
+    k, v = k.gather(2, index), v.gather(2, index)
+    if rebase:
+        k = apply_rope(k, -count[:, None].expand(B, n), rope_base)
+    return k, v
+
+
+# ------------------------------------------------------------------------------------ the model
 class Attention(nn.Module):
     def __init__(self, cfg: TransformerConfig) -> None:
         super().__init__()
         self.n_heads = cfg.n_heads
         self.head_dim = cfg.d_model // cfg.n_heads
-        self.rope_base = cfg.rope_base
         self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model, bias=False)
         self.out = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
 
@@ -108,16 +139,15 @@ class Attention(nn.Module):
         B, n, _ = t.shape
         return t.view(B, n, self.n_heads, self.head_dim).transpose(1, 2)
 
-    def keys_values(self, x: Tensor, pos: Tensor) -> tuple[Tensor, Tensor]:
+    def keys_values(self, x: Tensor, rope: Rope) -> tuple[Tensor, Tensor]:
         """Rotated keys and values of ``x`` only (used when a layer's output is not needed)."""
         _, k, v = self.qkv(x).chunk(3, dim=-1)
-        return apply_rope(self._heads(k), pos, self.rope_base), self._heads(v)
+        return rotate(self._heads(k), rope), self._heads(v)
 
-    def forward(self, x: Tensor, pos: Tensor, kv: KVSource, layer: int) -> Tensor:
+    def forward(self, x: Tensor, rope: Rope, kv: KVSource, layer: int) -> Tensor:
         q, k, v = (self._heads(t) for t in self.qkv(x).chunk(3, dim=-1))
-        q, k = apply_rope(q, pos, self.rope_base), apply_rope(k, pos, self.rope_base)
-        keys, values, mask = kv(layer, k, v)
-        y = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, is_causal=mask is None)
+        keys, values, mask = kv(layer, rotate(k, rope), v)
+        y = F.scaled_dot_product_attention(rotate(q, rope), keys, values, attn_mask=mask, is_causal=mask is None)
         B, _, n, _ = y.shape
         return self.out(y.transpose(1, 2).reshape(B, n, -1))
 
@@ -143,8 +173,8 @@ class Block(nn.Module):
         self.mlp_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
         self.mlp = GatedMLP(cfg)
 
-    def forward(self, h: Tensor, pos: Tensor, kv: KVSource, layer: int) -> Tensor:
-        h = h + self.attn(self.attn_norm(h), pos, kv, layer)
+    def forward(self, h: Tensor, rope: Rope, kv: KVSource, layer: int) -> Tensor:
+        h = h + self.attn(self.attn_norm(h), rope, kv, layer)
         return h + self.mlp(self.mlp_norm(h))
 
 
@@ -164,6 +194,12 @@ class Transformer(nn.Module):
             return None
         return (torch.rand(len(self.blocks)) < self.cfg.layer_drop).tolist()
 
+    def new_cache(self, batch_size: int, counters: Sequence[str] = (), bound: int | None = None) -> KVCache:
+        """An empty :class:`KVCache` of ``batch_size`` rows for this stack."""
+        cfg = self.cfg
+        device = self.norm.weight.device
+        return KVCache(cfg.n_layers, batch_size, cfg.n_heads, cfg.d_model // cfg.n_heads, device, counters, bound)
+
     def forward(
         self,
         x: Tensor,
@@ -174,32 +210,38 @@ class Transformer(nn.Module):
     ) -> Tensor | None:
         """Run the stack. With ``kv_only`` the last block only hands its keys/values to ``kv``
         (for tokens whose outputs are never read, e.g. memory tokens) and ``None`` is returned."""
+        rope = rope_tables(pos, self.cfg.d_model // self.cfg.n_heads, self.cfg.rope_base, x.dtype)
         h = x
         last = len(self.blocks) - 1
         for i, block in enumerate(self.blocks):
             if skip is not None and skip[i]:
                 continue
             if kv_only and i == last:
-                k, v = block.attn.keys_values(block.attn_norm(h), pos)
-                kv(i, k, v)
+                kv(i, *block.attn.keys_values(block.attn_norm(h), rope))
                 return None
-            h = block(h, pos, kv, i)
+            h = block(h, rope, kv, i)
         return None if kv_only else self.norm(h)
 
 
+# ------------------------------------------------------------------------ sequence-mode source
 class PrefixKV:
-    """KV source for sequence mode: every new token sees the whole prefix plus earlier new tokens.
+    """KV source for sequence mode: every new token sees the whole prefix plus earlier new tokens
+    (only the last ``window`` new tokens, itself included, when ``window`` is given; no prefix then).
 
     ``prefix`` is one ``(k, v)`` pair ``[B,H,P,Dh]`` per layer (``None`` entries or ``P == 0`` mean no
     prefix). The new tokens' keys/values are recorded in ``self.new`` (per layer) for the caller.
     """
 
-    def __init__(self, prefix: list[tuple[Tensor, Tensor] | None] | None, n_layers: int) -> None:
+    def __init__(self, prefix: LayerKV | None, n_layers: int, window: int | None = None) -> None:
         self.prefix = prefix
-        self.new: list[tuple[Tensor, Tensor] | None] = [None] * n_layers
+        self.window = window
+        self.new: LayerKV = [None] * n_layers
 
     def __call__(self, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
         self.new[layer] = (k, v)
+        if self.window is not None:  # a bool band: causal, at most window-1 steps back
+            n = k.shape[2]
+            return k, v, torch.ones(n, n, dtype=torch.bool, device=k.device).tril().triu(1 - self.window)
         prefix = self.prefix[layer] if self.prefix is not None else None
         if prefix is None or prefix[0].shape[2] == 0:
             return k, v, None
@@ -207,3 +249,151 @@ class PrefixKV:
         n, P = k.shape[2], pk.shape[2]
         mask = torch.ones(n, P + n, dtype=torch.bool, device=k.device).tril(diagonal=P)
         return torch.cat((pk, k), dim=2), torch.cat((pv, v), dim=2), mask
+
+
+# ---------------------------------------------------------------------------- step-mode cache
+class KVCache:
+    """Per-row keys/values for step mode, plus the per-row counters of the memory that owns it.
+
+    Row ``b`` holds tokens in slots ``0 .. lengths[b]-1``; a token's position is its slot plus
+    ``offsets[b]`` (which grows when tokens are evicted without rebasing). ``counters`` are named
+    per-row long tensors ``[B]`` of the owning memory (e.g. Memo's memory tokens at the front of the
+    row); like ``lengths`` they reset with their row. Storage ``kv [layers, 2, B, H, capacity, Dh]``
+    follows what is held: it grows by 10% at a time and :meth:`trim` gives back what a drop freed, so
+    it stays within 10% of the longest row; a cache with a known ``bound`` reserves it once instead.
+    """
+
+    def __init__(
+        self,
+        n_layers: int,
+        batch_size: int,
+        n_heads: int,
+        head_dim: int,
+        device: torch.device,
+        counters: Sequence[str] = (),
+        bound: int | None = None,
+    ) -> None:
+        positive(batch_size=batch_size)
+        self.n_layers, self.n_heads, self.head_dim, self.bound = n_layers, n_heads, head_dim, bound
+        self.kv: Tensor | None = None  # allocated on the first write, in the dtype of the keys written
+        zeros = torch.zeros(batch_size, dtype=torch.long, device=device)
+        self.lengths, self.offsets = zeros, zeros.clone()
+        self.counters = {name: zeros.clone() for name in counters}
+
+    @property
+    def batch_size(self) -> int:
+        return self.lengths.shape[0]
+
+    @property
+    def capacity(self) -> int:
+        return 0 if self.kv is None else self.kv.shape[4]
+
+    def tokens(self) -> Tensor:
+        """Tokens held per row, ``[B]``."""
+        return self.lengths.clone()
+
+    def nbytes(self) -> int:
+        """Bytes of the keys and values of the tokens held (all rows, all layers)."""
+        if self.kv is None:
+            return 0
+        per_token = 2 * self.n_layers * self.n_heads * self.head_dim * self.kv.element_size()
+        return int(self.lengths.sum()) * per_token
+
+    def allocated_nbytes(self) -> int:
+        """Bytes of the storage allocated for keys and values."""
+        return 0 if self.kv is None else self.kv.numel() * self.kv.element_size()
+
+    def reset_rows(self, rows: Tensor) -> None:
+        """Empty the rows where ``rows [B]`` (bool) is true."""
+        for counter in (self.lengths, self.offsets, *self.counters.values()):
+            counter.masked_fill_(rows, 0)
+
+    def clone(self) -> KVCache:
+        """A detached copy."""
+        copy = KVCache(self.n_layers, self.batch_size, self.n_heads, self.head_dim, self.lengths.device, (), self.bound)
+        copy.kv = None if self.kv is None else self.kv.detach().clone()
+        copy.lengths, copy.offsets = self.lengths.clone(), self.offsets.clone()
+        copy.counters = {name: c.clone() for name, c in self.counters.items()}
+        return copy
+
+    def reserve(self, needed: int, like: Tensor) -> None:
+        """Make room for ``needed`` slots per row (the bound at once if there is one, else +10% or more)."""
+        if needed > self.capacity:
+            self._resize(max(needed, self.bound or 0, self.capacity + self.capacity // 10), like)
+
+    def trim(self) -> None:
+        """Give back storage beyond 10% over the longest row (unbounded caches; e.g. after a segment drop)."""
+        if self.kv is None or self.bound is not None:
+            return
+        longest = int(self.lengths.max())
+        if self.capacity > longest + longest // 10:
+            self._resize(longest + longest // 10, self.kv)
+
+    def _resize(self, capacity: int, like: Tensor) -> None:
+        # zeros, not empty: masked-out values still enter the attention product (0 * NaN would be NaN)
+        resized = like.new_zeros(self.n_layers, 2, self.batch_size, self.n_heads, capacity, self.head_dim)
+        if self.kv is not None:
+            kept = min(capacity, self.capacity)
+            resized[..., :kept, :] = self.kv[..., :kept, :]
+        self.kv = resized
+
+    def positions(self, n: int, rows: Tensor | None = None) -> Tensor:
+        """Positions ``[b, n]`` of the next ``n`` tokens of the given rows."""
+        start = self.lengths + self.offsets
+        if rows is not None:
+            start = start[rows]
+        return start[:, None] + torch.arange(n, device=start.device)
+
+    def source(self, n: int, rows: Tensor | None = None, window: int | None = None) -> CacheKV:
+        """A KV source for ``n`` new tokens of ``rows`` (all rows if ``None``); see :class:`CacheKV`."""
+        return CacheKV(self, n, rows, window)
+
+    def advance(self, n: int | Tensor, rows: Tensor | None = None) -> None:
+        """Keep the ``n`` tokens just written after the valid slots of ``rows``."""
+        if rows is None:
+            self.lengths += n
+        else:
+            self.lengths[rows] += n
+
+    def fill(self, rows: Tensor, layer: int, k: Tensor, v: Tensor) -> None:
+        """Write ``k/v [r,H,n,Dh]`` into slots ``0..n-1`` of ``rows`` (set ``lengths`` afterwards)."""
+        self.reserve(k.shape[2], k)
+        self.kv[layer, 0, rows, :, : k.shape[2]] = k.to(self.kv.dtype)
+        self.kv[layer, 1, rows, :, : v.shape[2]] = v.to(self.kv.dtype)
+
+    def evict_front(self, rows: Tensor, count: Tensor, rebase: bool, rope_base: float) -> None:
+        """Drop the first ``count[i]`` tokens of row ``rows[i]`` (see :func:`drop_front`); without
+        ``rebase`` the row's ``offsets`` grow so new tokens keep increasing positions."""
+        for layer in range(self.n_layers):
+            kv = self.kv[layer, :, rows]
+            self.kv[layer, 0, rows], self.kv[layer, 1, rows] = drop_front(kv[0], kv[1], count, rebase, rope_base)
+        self.lengths[rows] -= count
+        if not rebase:
+            self.offsets[rows] += count
+
+
+class CacheKV:
+    """KV source over a :class:`KVCache`: the ``n`` new tokens of each row are written at slots
+    ``lengths[b] + i`` and attend to every valid slot of their row plus earlier new tokens (only to the
+    last ``window`` slots, themselves included, when ``window`` is given). Slots and mask are computed
+    once for all layers."""
+
+    def __init__(self, cache: KVCache, n: int, rows: Tensor | None, window: int | None) -> None:
+        lengths = cache.lengths if rows is None else cache.lengths[rows]
+        self.cache, self.rows = cache, rows
+        self.span = int(lengths.max()) + n  # slots any of these rows reads (one host sync per call)
+        self.slots = lengths[:, None] + torch.arange(n, device=lengths.device)  # [b, n]
+        lag = self.slots[:, :, None] - torch.arange(self.span, device=lengths.device)  # [b, n, span]
+        visible = lag >= 0 if window is None else (lag >= 0) & (lag < window)
+        self.mask = visible[:, None]
+        self.row_index = (torch.arange(cache.batch_size, device=lengths.device) if rows is None else rows)[:, None]
+
+    def __call__(self, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        cache = self.cache
+        cache.reserve(self.span, k)
+        kv = cache.kv[layer]
+        # advanced indices around a slice put the indexed dims first: the target is [b, n, H, Dh]
+        kv[0][self.row_index, :, self.slots] = k.transpose(1, 2).to(kv.dtype)
+        kv[1][self.row_index, :, self.slots] = v.transpose(1, 2).to(kv.dtype)
+        kv = kv[:, :, :, : self.span] if self.rows is None else kv[:, self.rows, :, : self.span]
+        return kv[0], kv[1], self.mask

@@ -1,30 +1,70 @@
-"""The interface every sequence memory shares: a tensor API and a TorchRL (TensorDict) face.
+"""The interface every sequence memory shares: a tensor API, a cache API and a TorchRL (TensorDict) face.
 
 Shapes: ``B`` batch rows (environments), ``T`` steps, ``D`` model width (``d_model``).
 
 * ``forward_sequence(x[B,T,D], is_init[B,T]) -> [B,T,D]`` -- training (sequence) mode.
-* ``step(x[B,D], is_init[B]) -> [B,D]`` -- acting (step) mode against a cache held in the module.
-* ``refresh(history[B,t,D], is_init[B,t])`` -- rebuild the cache from a trial prefix under the
-  current weights, so stepping on continues exactly as sequence mode would.
+* ``step(x[B,D], is_init[B], *, cache=None) -> [B,D]`` -- acting (step) mode against the module's
+  cache, or against a caller's cache from ``new_cache(B)``.
+* ``refresh(history[B,t,D], is_init[B,t]) -> [B,t,D]`` -- rebuild the module's cache from a trial
+  prefix under the current weights (so stepping on continues exactly as sequence mode would) and
+  return the outputs of that pass.
 
 ``is_init`` marks trial starts (memory is emptied there). ``episode_start`` marks inner-episode
 starts; a memory built with ``inter_episode_attention=False`` (the no-IEA ablation) also resets there.
-Subclasses implement ``_sequence``/``_step``/``_refresh`` on inputs where the reset logic has already
-been resolved, so the packing of trials lives here once.
+
+A memory subclass sets ``config_cls`` (a dataclass with ``validate()``, ``d_model`` and
+``inter_episode_attention``), builds its layers in ``_build(config)`` and implements
+``_sequence``/``_step``/``_refresh``/``new_cache`` on inputs where the resets are already resolved
+(one trial per row), so the packing of trials lives here once.
 """
 
 from __future__ import annotations
 
 from dataclasses import fields
-from typing import Any, Sequence
+from typing import Any, Protocol, Sequence
 
 import torch
 from tensordict import TensorDictBase
 from tensordict.nn import TensorDictModuleBase
 from torch import Tensor
 
-from lightning_memo.nn.cache import KVCache
-from lightning_memo.nn.trials import last_trial, pack_trials, unpack_trials
+from lightning_memo.nn.trials import TrialIndex, pack_trials, unpack_trials
+
+
+class Cache(Protocol):
+    """What a memory carries from step to step, per row (``KVCache``, ``StateCache``)."""
+
+    batch_size: int
+
+    def reset_rows(self, rows: Tensor) -> None: ...  # empty the rows where rows [B] (bool) is true
+    def tokens(self) -> Tensor: ...  # tokens (or state vectors) held per row, [B] long
+    def nbytes(self) -> int: ...  # bytes held
+    def allocated_nbytes(self) -> int: ...  # bytes of storage allocated
+    def clone(self) -> Cache: ...  # a detached copy
+
+
+class StateCache:
+    """A fixed-size per-row state: tensors ``[n, B, D]`` (GRU ``h``; LSTM ``h, c``; none for no memory)."""
+
+    def __init__(self, batch_size: int, states: tuple[Tensor, ...] = ()) -> None:
+        self.batch_size = batch_size
+        self.states = states
+
+    def reset_rows(self, rows: Tensor) -> None:
+        self.states = tuple(s.masked_fill(rows[None, :, None], 0.0) for s in self.states)
+
+    def tokens(self) -> Tensor:
+        held = sum(s.shape[0] for s in self.states)
+        device = self.states[0].device if self.states else None
+        return torch.full((self.batch_size,), held, dtype=torch.long, device=device)
+
+    def nbytes(self) -> int:
+        return sum(s.numel() * s.element_size() for s in self.states)
+
+    allocated_nbytes = nbytes
+
+    def clone(self) -> StateCache:
+        return StateCache(self.batch_size, tuple(s.detach().clone() for s in self.states))
 
 
 def config_from_kwargs(config_cls: type, config: Any, kwargs: dict, memory_name: str) -> Any:
@@ -35,9 +75,7 @@ def config_from_kwargs(config_cls: type, config: Any, kwargs: dict, memory_name:
         names = {f.name for f in fields(config_cls)}
         unknown = sorted(set(kwargs) - names)
         if unknown:
-            raise TypeError(
-                f"{memory_name} got unknown argument(s) {unknown}; valid names: {sorted(names)}."
-            )
+            raise TypeError(f"{memory_name} got unknown argument(s) {unknown}; valid names: {sorted(names)}.")
         config = config_cls(**kwargs)
     elif not isinstance(config, config_cls):  # e.g. an omegaconf DictConfig
         config = config_from_kwargs(config_cls, None, dict(config), memory_name)
@@ -46,21 +84,26 @@ def config_from_kwargs(config_cls: type, config: Any, kwargs: dict, memory_name:
 
 
 class SequenceMemory(TensorDictModuleBase):
-    """Base class: validation, reset handling and the TensorDict face of a sequence memory.
+    """Base class: one constructor, validation, reset handling, the cache and the TensorDict face.
+
+    Build with keyword arguments (``MemoMemory(d_model=64, segment_len=32)``) or a config object
+    (``MemoMemory(config=MemoConfig(...))``, also an omegaconf ``DictConfig``).
 
     TensorDict face: reads ``in_keys = [embed, is_init]`` (plus ``episode_start`` when present) and
     writes ``out_keys = [memory]``. Under TorchRL's ``set_recurrent_mode(True)`` the tensordict is
     ``[B, T]`` and sequence mode runs; otherwise it is ``[B]`` (or ``[]``) and one step is taken.
     """
 
+    config_cls: type
+
     def __init__(
         self,
-        d_model: int,
+        config: Any = None,
         *,
-        inter_episode_attention: bool = True,
         in_keys: Sequence[str] | None = None,
         out_keys: Sequence[str] | None = None,
         episode_start_key: str = "episode_start",
+        **kwargs: Any,
     ) -> None:
         super().__init__()
         in_keys = list(in_keys) if in_keys is not None else ["embed", "is_init"]
@@ -70,35 +113,36 @@ class SequenceMemory(TensorDictModuleBase):
                 f"in_keys must be [embedding_key, is_init_key] and out_keys [output_key]; got "
                 f"in_keys={in_keys}, out_keys={out_keys}."
             )
-        self.in_keys = in_keys
-        self.out_keys = out_keys
-        self.episode_start_key = episode_start_key
-        self.d_model = d_model
-        self.inter_episode_attention = inter_episode_attention
+        self.in_keys, self.out_keys, self.episode_start_key = in_keys, out_keys, episode_start_key
+        self.config = config_from_kwargs(self.config_cls, config, kwargs, type(self).__name__)
+        self.d_model: int = self.config.d_model
+        self.inter_episode_attention: bool = self.config.inter_episode_attention
+        self._cache: Cache | None = None
+        self._build(self.config)
 
     # ----------------------------------------------------------------- tensor API
     def forward_sequence(
-        self,
-        x: Tensor,
-        is_init: Tensor | None = None,
-        segment_len: int | None = None,
-        episode_start: Tensor | None = None,
+        self, x: Tensor, is_init: Tensor | None = None, segment_len: int | None = None,
+        episode_start: Tensor | None = None
     ) -> Tensor:
         """Sequence mode. ``x [B,T,D]``, ``is_init/episode_start [B,T] bool`` -> ``[B,T,D]``."""
         self._check_x(x, rank=3, name="x")
-        resets = self._resets(x, is_init, episode_start)
-        if episode_start is not None:
-            episode_start = self._check_flags(episode_start, x.shape[:2], "episode_start")
-        if not resets[:, 1:].any():  # one trial per row: nothing to pack
-            return self._sequence(x, segment_len=segment_len, episode_start=episode_start)
-        packed, index = pack_trials(resets, x, episode_start)
-        out = self._sequence(packed[0], segment_len=segment_len, episode_start=packed[1])
-        return unpack_trials(out, index, x.shape[:2])
+        trials, episode_start, index = self._pack(x, is_init, episode_start)
+        out = self._sequence(trials, segment_len=segment_len, episode_start=episode_start)
+        return out if index is None else unpack_trials(out, index, x.shape[:2])
 
     @torch.no_grad()
-    def step(self, x: Tensor, is_init: Tensor | None = None, episode_start: Tensor | None = None) -> Tensor:
+    def step(
+        self,
+        x: Tensor,
+        is_init: Tensor | None = None,
+        episode_start: Tensor | None = None,
+        *,
+        cache: Cache | None = None,
+    ) -> Tensor:
         """Step mode. ``x [B,D]``, ``is_init/episode_start [B] bool`` -> ``[B,D]``.
 
+        Steps against ``cache`` (from :meth:`new_cache`) when given, else against the module's own.
         Acting only: no autograd graph is built (the cache would otherwise chain every step of a
         rollout into one graph). Train with :meth:`forward_sequence`.
         """
@@ -108,70 +152,107 @@ class SequenceMemory(TensorDictModuleBase):
         episode_start = (
             self._check_flags(episode_start, (batch,), "episode_start") if episode_start is not None else None
         )
-        if self.cache_batch_size() != batch:
-            if is_init is None or not bool(is_init.all()):
-                raise RuntimeError(
-                    f"step() got a batch of {batch} rows but the cache holds {self.cache_batch_size()}: call "
-                    f"reset_cache({batch}) first, or pass is_init=True for every row."
-                )
-            self.reset_cache(batch)
+        if cache is None:
+            if self.cache_batch_size() != batch:
+                if is_init is None or not bool(is_init.all()):
+                    raise RuntimeError(
+                        f"step() got a batch of {batch} rows but the cache holds {self.cache_batch_size()}: call "
+                        f"reset_cache({batch}) first, or pass is_init=True for every row."
+                    )
+                self.reset_cache(batch)
+            cache = self._cache
+        elif cache.batch_size != batch:
+            raise ValueError(
+                f"step() got a batch of {batch} rows for a cache of {cache.batch_size}; use new_cache({batch})."
+            )
         reset = is_init
         if not self.inter_episode_attention and episode_start is not None:
             reset = episode_start if reset is None else reset | episode_start
         if reset is not None and bool(reset.any()):
-            self._reset_rows(reset)
-        return self._step(x, episode_start=episode_start)
+            cache.reset_rows(reset)
+        return self._step(x, cache, episode_start)
 
     @torch.no_grad()
-    def refresh(
-        self, history: Tensor, is_init: Tensor | None = None, episode_start: Tensor | None = None
-    ) -> None:
-        """Flush the cache and rebuild it from ``history [B,t,D]`` (a trial prefix) under current weights.
+    def refresh(self, history: Tensor, is_init: Tensor | None = None, episode_start: Tensor | None = None) -> Tensor:
+        """Flush the cache, rebuild it from ``history [B,t,D]`` (a trial prefix) under current weights,
+        and return the outputs ``[B,t,D]`` of that pass (eval ``forward_sequence`` over ``history``).
 
         Runs in the eval semantics (fixed segment length, no layer drop), whatever the module mode.
         """
         self._check_x(history, rank=3, name="history")
-        if history.shape[1] == 0:
-            self.reset_cache(history.shape[0])
-            return
-        resets = self._resets(history, is_init, episode_start)
-        if episode_start is not None:
-            episode_start = self._check_flags(episode_start, history.shape[:2], "episode_start")
-        x, lengths, episode_start = last_trial(resets, history, episode_start)
-        self._refresh(x, lengths, episode_start=episode_start)
+        B, t = history.shape[:2]
+        cache = self.new_cache(B)
+        if t == 0:
+            self._cache = cache
+            return history.new_zeros(B, 0, self.d_model)
+        trials, episode_start, index = self._pack(history, is_init, episode_start)
+        if index is None:
+            lengths = torch.full((B,), t, dtype=torch.long, device=history.device)
+            last = torch.arange(B, device=history.device)
+        else:
+            lengths, last = index.lengths, index.last
+        out = self._refresh(trials, lengths, episode_start, last, cache)
+        self._cache = cache
+        return out if index is None else unpack_trials(out, index, history.shape[:2])
+
+    # ------------------------------------------------------------------ cache API
+    def reset_cache(self, batch_size: int) -> None:
+        """Drop the module's cache and start ``batch_size`` empty rows."""
+        if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size <= 0:
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}.")
+        self._cache = self.new_cache(batch_size)
+
+    def cache_state(self) -> Cache | None:
+        """A detached copy of the module's cache (everything needed to continue stepping)."""
+        return None if self._cache is None else self._cache.clone()
+
+    def load_cache_state(self, state: Cache) -> None:
+        """Continue from ``state`` (from :meth:`cache_state` or :meth:`new_cache`); a copy is kept."""
+        self._cache = state.clone()
+
+    def cache_batch_size(self) -> int:
+        """Rows in the module's cache (0 before the first reset)."""
+        return 0 if self._cache is None else self._cache.batch_size
+
+    def cache_nbytes(self) -> int:
+        """Bytes of state the module's cache holds now (all rows)."""
+        return 0 if self._cache is None else self._cache.nbytes()
+
+    def cache_allocated_nbytes(self) -> int:
+        """Bytes of storage the module's cache has allocated (at least :meth:`cache_nbytes`)."""
+        return 0 if self._cache is None else self._cache.allocated_nbytes()
+
+    def memory_tokens(self) -> Tensor:
+        """Tokens (or state vectors) the module's cache holds per row now, ``[B]`` long."""
+        return torch.zeros(0, dtype=torch.long) if self._cache is None else self._cache.tokens()
 
     # -------------------------------------------------------- for subclasses
+    def _build(self, config: Any) -> None:
+        """Create the layers from the validated ``config``."""
+        raise NotImplementedError
+
+    def new_cache(self, batch_size: int) -> Cache:
+        """An empty cache of ``batch_size`` rows, independent of the module's own."""
+        raise NotImplementedError
+
     def _sequence(self, x: Tensor, segment_len: int | None, episode_start: Tensor | None) -> Tensor:
         """Sequence mode on ``x [B,T,D]`` where every row is one trial starting at t=0."""
         raise NotImplementedError
 
-    def _step(self, x: Tensor, episode_start: Tensor | None) -> Tensor:
-        """One step on ``x [B,D]``; rows needing a reset were already reset."""
+    def _step(self, x: Tensor, cache: Cache, episode_start: Tensor | None) -> Tensor:
+        """One step on ``x [B,D]`` against ``cache``; rows needing a reset were already reset."""
         raise NotImplementedError
 
-    def _refresh(self, x: Tensor, lengths: Tensor, episode_start: Tensor | None) -> None:
-        """Rebuild the cache from ``x [B,t,D]``: row b is one trial of ``lengths[b]`` steps (left-aligned)."""
+    def _refresh(
+        self, x: Tensor, lengths: Tensor, episode_start: Tensor | None, last: Tensor, cache: Cache
+    ) -> Tensor:
+        """Sequence mode (eval) on ``x [N,L,D]`` (row i one trial of ``lengths[i]`` steps) -> ``[N,L,D]``;
+        also fills the empty ``cache`` row b from trial ``last[b]``."""
         raise NotImplementedError
 
-    def _reset_rows(self, rows: Tensor) -> None:
-        """Empty the cache of the rows where ``rows [B]`` is true."""
-        raise NotImplementedError
-
-    def reset_cache(self, batch_size: int) -> None:
-        """Drop the cache and start ``batch_size`` empty rows."""
-        raise NotImplementedError
-
-    def cache_batch_size(self) -> int:
-        """Rows in the cache now (0 before the first reset)."""
-        raise NotImplementedError
-
-    def cache_nbytes(self) -> int:
-        """Bytes of state the cache holds now (all rows)."""
-        raise NotImplementedError
-
-    def memory_tokens(self) -> Tensor:
-        """Tokens (or state slots) held per row now, ``[B]`` long."""
-        raise NotImplementedError
+    def _no_segment_len(self, segment_len: int | None) -> None:
+        if segment_len is not None:
+            raise ValueError(f"segment_len applies to segment memories (memo, ac, rmt), not {type(self).__name__}.")
 
     # ------------------------------------------------------------ TorchRL face
     def forward(self, tensordict: TensorDictBase) -> TensorDictBase:
@@ -247,49 +328,20 @@ class SequenceMemory(TensorDictModuleBase):
             raise TypeError(f"{name} must be a bool tensor; got {flags.dtype} (use .bool()).")
         return flags
 
-    def _resets(self, x: Tensor, is_init: Tensor | None, episode_start: Tensor | None) -> Tensor:
-        """Where the memory restarts, ``[B,T]`` bool (t=0 always, plus is_init, plus episodes if no IEA)."""
-        shape = x.shape[:2]
+    def _pack(
+        self, x: Tensor, is_init: Tensor | None, episode_start: Tensor | None
+    ) -> tuple[Tensor, Tensor | None, TrialIndex | None]:
+        """``x [B,T,D]`` as one trial per row (packed at restarts; index ``None`` if nothing to pack)."""
+        shape = tuple(x.shape[:2])
         resets = torch.zeros(shape, dtype=torch.bool, device=x.device)
-        if is_init is not None:
-            resets |= self._check_flags(is_init, tuple(shape), "is_init")
-        if episode_start is not None and not self.inter_episode_attention:
-            resets |= self._check_flags(episode_start, tuple(shape), "episode_start")
         resets[:, 0] = True
-        return resets
-
-
-class CachedMemory(SequenceMemory):
-    """A Transformer memory that acts through a :class:`~lightning_memo.nn.cache.KVCache`.
-
-    Subclasses set ``self.config`` (with ``n_layers``, ``n_heads``, ``d_model``) and name in
-    ``row_counters`` their per-row long tensors ``[B]``, which start at 0 and reset with their row.
-    """
-
-    row_counters: tuple[str, ...] = ()
-    _cache: KVCache | None = None
-
-    def reset_cache(self, batch_size: int) -> None:
-        if not isinstance(batch_size, int) or batch_size <= 0:
-            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}.")
-        cfg = self.config
-        device = next(self.parameters()).device
-        self._cache = KVCache(cfg.n_layers, batch_size, cfg.n_heads, cfg.d_model // cfg.n_heads, device)
-        for name in self.row_counters:
-            setattr(self, name, torch.zeros(batch_size, dtype=torch.long, device=device))
-
-    def cache_batch_size(self) -> int:
-        return 0 if self._cache is None else self._cache.batch_size
-
-    def cache_nbytes(self) -> int:
-        return 0 if self._cache is None else self._cache.nbytes()
-
-    def memory_tokens(self) -> Tensor:
-        if self._cache is None:
-            return torch.zeros(0, dtype=torch.long)
-        return self._cache.lengths.clone()
-
-    def _reset_rows(self, rows: Tensor) -> None:
-        self._cache.reset_rows(rows)
-        for name in self.row_counters:
-            getattr(self, name)[rows] = 0
+        if is_init is not None:
+            resets |= self._check_flags(is_init, shape, "is_init")
+        if episode_start is not None:
+            episode_start = self._check_flags(episode_start, shape, "episode_start")
+            if not self.inter_episode_attention:
+                resets |= episode_start
+        if not resets[:, 1:].any():
+            return x, episode_start, None
+        (trials, episode_start), index = pack_trials(resets, x, episode_start)
+        return trials, episode_start, index

@@ -1,7 +1,7 @@
 """FCT: a full-context Transformer (causal attention over the whole trial), the ReLIC baseline.
 
 Sequence mode runs the trial through the shared :class:`Transformer` with causal attention; step mode
-keeps every step's keys/values in a :class:`KVCache`. Options:
+keeps every step's keys/values in a :class:`KVCache` (counters ``"episode_step"``, ``"episode"``). Options:
 
 * ``position_recipe="rope"``: RoPE on the trial step ``t``.
   ``position_recipe="relic"`` (ReLIC): a learned absolute embedding of the step inside the current
@@ -23,15 +23,14 @@ does not), so keep ``T`` moderate there; step mode is ``O(cache)`` per step.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lightning_memo.nn.backbone import KVSource, Transformer, TransformerConfig, _positive, apply_rope
-from lightning_memo.nn.base import CachedMemory, config_from_kwargs
-from lightning_memo.nn.cache import KVCache
+from lightning_memo.nn.backbone import KVCache, KVSource, PrefixKV, Transformer, TransformerConfig, drop_front, positive
+from lightning_memo.nn.base import SequenceMemory
 
 POSITION_RECIPES = ("rope", "relic")
 POSITION_POLICIES = ("grow", "rebase")
@@ -54,12 +53,12 @@ class FCTConfig(TransformerConfig):
         super().validate()
         if self.position_recipe not in POSITION_RECIPES:
             raise ValueError(f"position_recipe must be one of {POSITION_RECIPES}, got {self.position_recipe!r}.")
-        _positive(max_episode_len=self.max_episode_len)
+        positive(max_episode_len=self.max_episode_len)
         if self.embed_init_scale <= 0:
             raise ValueError(f"embed_init_scale must be > 0, got {self.embed_init_scale}.")
         if self.window is not None:
-            _positive(window=self.window)
-        _positive(evict_block=self.evict_block)
+            positive(window=self.window)
+        positive(evict_block=self.evict_block)
         if self.position_policy not in POSITION_POLICIES:
             raise ValueError(f"position_policy must be one of {POSITION_POLICIES}, got {self.position_policy!r}.")
         if self.position_policy == "rebase" and self.position_recipe != "rope":
@@ -74,7 +73,9 @@ class FCTConfig(TransformerConfig):
             )
 
 
-def episode_positions(episode_start: Tensor | None, shape: tuple[int, int], device: torch.device) -> tuple[Tensor, Tensor]:
+def episode_positions(
+    episode_start: Tensor | None, shape: tuple[int, int], device: torch.device
+) -> tuple[Tensor, Tensor]:
     """Step inside the inner episode and episode ordinal, both ``[B,T]`` long, for one trial per row.
 
     ``episode_start [B,T]`` marks inner-episode starts; t=0 always starts episode 0.
@@ -88,39 +89,6 @@ def episode_positions(episode_start: Tensor | None, shape: tuple[int, int], devi
     ordinal = starts.long().cumsum(1)
     last_start = torch.where(starts, t, torch.zeros_like(t)).cummax(1).values
     return t - last_start, ordinal
-
-
-class _WindowKV:
-    """Sequence-mode KV source: causal attention, limited to the last ``window`` tokens if given.
-    Records the new tokens' keys/values per layer in ``self.new``."""
-
-    def __init__(self, window: int | None, n_layers: int) -> None:
-        self.window = window
-        self.new: list[tuple[Tensor, Tensor] | None] = [None] * n_layers
-
-    def __call__(self, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
-        self.new[layer] = (k, v)
-        if self.window is None:
-            return k, v, None
-        i = torch.arange(k.shape[2], device=k.device)
-        lag = i[:, None] - i[None, :]
-        return k, v, (lag >= 0) & (lag < self.window)
-
-
-class _WindowCacheKV:
-    """Step-mode KV source over a :class:`KVCache`: only the last ``window`` slots (the new ones
-    included) are visible, so slots that left the window can be evicted later, in blocks."""
-
-    def __init__(self, cache: KVCache, window: int) -> None:
-        self.cache = cache
-        self.inner = cache.source()
-        self.window = window
-
-    def __call__(self, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        slots = self.cache.lengths[:, None] + torch.arange(k.shape[2], device=k.device)  # [B, n]
-        keys, values, mask = self.inner(layer, k, v)
-        lag = slots[:, :, None] - torch.arange(keys.shape[2], device=k.device)  # [B, n, span]
-        return keys, values, mask & (lag < self.window)[:, None]
 
 
 class SinkKV:
@@ -142,26 +110,14 @@ class SinkKV:
         return keys, values, F.pad(mask, (1, 0), value=True)
 
 
-class FullContextMemory(CachedMemory):
+class FullContextMemory(SequenceMemory):
     """FCT as a TorchRL module: ``FullContextMemory(d_model=..., position_recipe="relic", sink_kv=True)``.
     See :class:`FCTConfig`. Cache per row: keys/values of the last ``t`` steps (streaming: of fewer
     than ``window + evict_block``; after ``refresh`` of ``min(t, window)``)."""
 
-    row_counters = ("_episode_step", "_episode")  # [B] step inside the inner episode, its ordinal (relic)
+    config_cls = FCTConfig
 
-    def __init__(
-        self,
-        config: FCTConfig | None = None,
-        *,
-        in_keys: Sequence[str] | None = None,
-        out_keys: Sequence[str] | None = None,
-        **kwargs,
-    ) -> None:
-        cfg = config_from_kwargs(FCTConfig, config, kwargs, type(self).__name__)
-        super().__init__(
-            cfg.d_model, inter_episode_attention=cfg.inter_episode_attention, in_keys=in_keys, out_keys=out_keys
-        )
-        self.config = cfg
+    def _build(self, cfg: FCTConfig) -> None:
         self.transformer = Transformer(cfg)
         head_dim = cfg.d_model // cfg.n_heads
         self.sink_keys = nn.Parameter(torch.randn(cfg.n_layers, cfg.n_heads, head_dim)) if cfg.sink_kv else None
@@ -170,6 +126,11 @@ class FullContextMemory(CachedMemory):
             if cfg.position_recipe == "relic"
             else None
         )
+
+    def new_cache(self, batch_size: int) -> KVCache:
+        cfg = self.config
+        bound = None if cfg.window is None else cfg.window + cfg.evict_block - 1  # slots a streaming row can need
+        return self.transformer.new_cache(batch_size, counters=("episode_step", "episode"), bound=bound)
 
     def _inputs(self, x: Tensor, pos: Tensor, episode_step: Tensor, episode: Tensor) -> tuple[Tensor, Tensor]:
         """Tokens and RoPE positions for ``x [B,n,D]``: trial positions ``pos``, or ReLIC's recipe."""
@@ -184,63 +145,57 @@ class FullContextMemory(CachedMemory):
 
     # ------------------------------------------------------------ sequence mode
     def _sequence(self, x: Tensor, segment_len: int | None, episode_start: Tensor | None) -> Tensor:
-        if segment_len is not None:
-            raise ValueError("segment_len applies to segment memories (memo, ac, rmt), not FullContextMemory.")
+        self._no_segment_len(segment_len)
         return self._encode(x, episode_start, self.transformer.draw_layer_skips())[0]
 
     def _encode(
         self, x: Tensor, episode_start: Tensor | None, skip: list[bool] | None
-    ) -> tuple[Tensor, _WindowKV, Tensor, Tensor]:
+    ) -> tuple[Tensor, PrefixKV, Tensor, Tensor]:
         """Run ``x [B,T,D]`` (one trial per row): outputs, the K/V record, step-in-episode, ordinal."""
         B, T, _ = x.shape
         episode_step, episode = episode_positions(episode_start, (B, T), x.device)
         tokens, pos = self._inputs(x, torch.arange(T, device=x.device), episode_step, episode)
-        record = _WindowKV(self.config.window, self.config.n_layers)
+        record = PrefixKV(None, self.config.n_layers, self.config.window)
         return self.transformer(tokens, pos, self._source(record), skip), record, episode_step, episode
 
     # ---------------------------------------------------------------- step mode
-    def _step(self, x: Tensor, episode_start: Tensor | None) -> Tensor:
-        cfg, cache = self.config, self._cache
+    def _step(self, x: Tensor, cache: KVCache, episode_start: Tensor | None) -> Tensor:
+        cfg = self.config
+        episode_step, episode = cache.counters["episode_step"], cache.counters["episode"]
         if episode_start is not None:  # a new inner episode (not at a trial start, which is episode 0)
             new = episode_start & ((cache.lengths + cache.offsets) > 0)
-            self._episode += new.long()
-            self._episode_step = torch.where(new, torch.zeros_like(self._episode_step), self._episode_step)
+            episode += new.long()
+            episode_step.masked_fill_(new, 0)
         if cfg.window is not None:
             full = cache.lengths >= cfg.window + cfg.evict_block - 1
             if bool(full.any()):  # keep the window's last window-1 steps
                 rows = full.nonzero().squeeze(1)
                 count = cache.lengths[rows] - cfg.window + 1
                 cache.evict_front(rows, count, cfg.position_policy == "rebase", cfg.rope_base)
-        source = cache.source() if cfg.window is None else _WindowCacheKV(cache, cfg.window)
-        tokens, pos = self._inputs(x[:, None], cache.positions(1), self._episode_step[:, None], self._episode[:, None])
-        h = self.transformer(tokens, pos, self._source(source))
+        tokens, pos = self._inputs(x[:, None], cache.positions(1), episode_step[:, None], episode[:, None])
+        h = self.transformer(tokens, pos, self._source(cache.source(1, window=cfg.window)))
         cache.advance(1)
-        self._episode_step += 1
+        episode_step += 1
         return h[:, 0]
 
     # ------------------------------------------------------------------ refresh
-    def _refresh(self, x: Tensor, lengths: Tensor, episode_start: Tensor | None) -> None:
+    def _refresh(
+        self, x: Tensor, lengths: Tensor, episode_start: Tensor | None, last: Tensor, cache: KVCache
+    ) -> Tensor:
         cfg = self.config
-        B = x.shape[0]
-        self.reset_cache(B)
-        _, record, episode_step, episode = self._encode(x, episode_start, skip=None)
-        rows = torch.arange(B, device=x.device)
-        last = lengths - 1
-        self._episode_step = episode_step[rows, last] + 1
-        self._episode = episode[rows, last]
+        out, record, episode_step, episode = self._encode(x, episode_start, skip=None)
+        lengths = lengths[last]
+        cache.counters["episode_step"].copy_(episode_step[last, lengths - 1] + 1)
+        cache.counters["episode"].copy_(episode[last, lengths - 1])
         # keep each row's last min(length, window) steps (all of them without a window)
         kept = lengths if cfg.window is None else lengths.clamp(max=cfg.window)
-        first = lengths - kept
-        slots = (first[:, None] + torch.arange(int(kept.max()), device=x.device)).clamp(max=x.shape[1] - 1)
-        index = slots[:, None, :, None]
+        first, n = lengths - kept, int(kept.max())
         rebase = cfg.position_policy == "rebase"
-        source = self._cache.source()
+        rows = torch.arange(last.shape[0], device=x.device)
         for layer, (k, v) in enumerate(record.new):
-            idx = index.expand(-1, k.shape[1], -1, k.shape[3])
-            k, v = k.gather(2, idx), v.gather(2, idx)
-            if rebase:  # kept keys back to positions 0..kept-1
-                k = apply_rope(k, -first[:, None].expand(-1, k.shape[2]), cfg.rope_base)
-            source(layer, k, v)
-        self._cache.lengths.copy_(kept)
+            k, v = drop_front(k[last], v[last], first, rebase, cfg.rope_base)
+            cache.fill(rows, layer, k[:, :, :n], v[:, :, :n])
+        cache.lengths.copy_(kept)
         if not rebase:
-            self._cache.offsets.copy_(first)
+            cache.offsets.copy_(first)
+        return out

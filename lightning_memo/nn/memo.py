@@ -10,27 +10,62 @@ keys/values are the same in every later window: each summary is encoded once (ol
 prefix) and its K/V reused as the prefix of later chunks -- the same function and gradients as
 re-encoding ``[M | C_i | E]`` per window, with far fewer tokens through the layers.
 
-Step mode (acting) keeps, per row, ``[memory K/V | current segment K/V]`` in a :class:`KVCache`;
+Step mode (acting) keeps, per row, ``[memory K/V | current segment K/V]`` in a
+:class:`~lightning_memo.nn.backbone.KVCache` (counter ``"memory"``: the memory tokens at the front);
 at a segment end the queries run, the segment is dropped and the summary is encoded as memory.
+``refresh`` runs the sequence-mode loop with the fixed ``segment_len`` and loads each row's memory and
+partial segment into the cache.
 
-Options: ``tbptt_segments=k`` gives the AC (truncated-gradient) baseline; ``max_memory_tokens`` bounds
-the memory (oldest summaries evicted; ``position_policy`` "rebase" rotates kept keys so positions
-restart at 0, "grow" keeps growing positions as in the paper's streaming evaluation).
+The segment recurrence here is shared with RMT (:mod:`lightning_memo.nn.rmt`), which only changes
+what a summary does to the memory. Options: ``tbptt_segments=k`` gives the AC (truncated-gradient)
+baseline; ``inter_episode_attention=False`` the no-IEA ablation; ``max_memory_tokens`` bounds the
+memory (oldest summaries evicted; ``position_policy`` "rebase" rotates kept keys so positions restart
+at 0, "grow" keeps growing positions as in the paper's streaming evaluation).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Callable, Optional
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
-from lightning_memo.nn.backbone import PrefixKV
-from lightning_memo.nn.base import config_from_kwargs
-from lightning_memo.nn.segments import MemoryKV, SegmentConfig, SegmentMemory
+from lightning_memo.nn.backbone import (
+    KVCache,
+    LayerKV,
+    PrefixKV,
+    Transformer,
+    TransformerConfig,
+    drop_front,
+    positive,
+)
+from lightning_memo.nn.base import SequenceMemory
 
 POSITION_POLICIES = ("rebase", "grow")
+
+
+@dataclass
+class SegmentConfig(TransformerConfig):
+    """Backbone sizes plus the segment recurrence shared by Memo and RMT."""
+
+    segment_len: int = 256  # l_seg: steps per segment
+    summary_len: int = 32  # l_sum: summary tokens written per segment
+    randomize_segments: bool = True  # draw the segment length per training forward call
+    segment_jitter: float = 0.2  # L = int(l_seg * (1 - j + 2j*u)), u ~ U[0,1)
+    summary_init_scale: float = 0.02  # std of the summary-query embeddings at init
+    tbptt_segments: Optional[int] = None  # gradients cut every k segments (None: full BPTT; k: the AC baseline)
+    inter_episode_attention: bool = True  # False: memory resets at every inner-episode start (no-IEA)
+
+    def validate(self) -> None:
+        super().validate()
+        positive(segment_len=self.segment_len, summary_len=self.summary_len)
+        if not 0.0 <= self.segment_jitter < 1.0:
+            raise ValueError(f"segment_jitter must be in [0, 1), got {self.segment_jitter}.")
+        if self.summary_init_scale <= 0:
+            raise ValueError(f"summary_init_scale must be > 0, got {self.summary_init_scale}.")
+        if self.tbptt_segments is not None:
+            positive(tbptt_segments=self.tbptt_segments)
 
 
 @dataclass
@@ -53,50 +88,191 @@ class MemoConfig(SegmentConfig):
             raise ValueError(f"position_policy must be one of {POSITION_POLICIES}, got {self.position_policy!r}.")
 
 
-class MemoMemory(SegmentMemory):
+class MemoryKV:
+    """The memory during a sequence-mode pass: per-layer K/V ``[B,H,m,Dh]``, length ``m``, position offset."""
+
+    def __init__(self, n_layers: int) -> None:
+        self.kv: LayerKV = [None] * n_layers
+        self.length = 0
+        self.offset = 0
+
+    def append(self, new: LayerKV) -> None:
+        self.kv = [
+            n if old is None or n is None else (torch.cat((old[0], n[0]), 2), torch.cat((old[1], n[1]), 2))
+            for old, n in zip(self.kv, new)
+        ]
+
+    def detach(self) -> None:
+        self.kv = [None if kv is None else (kv[0].detach(), kv[1].detach()) for kv in self.kv]
+
+    def evict_front(self, count: int, rebase: bool, rope_base: float) -> None:
+        """Drop the first ``count`` tokens; ``rebase`` rotates the rest back to positions from 0."""
+
+        def cut(kv: tuple[Tensor, Tensor] | None) -> tuple[Tensor, Tensor] | None:
+            if kv is None:
+                return None
+            counts = torch.full((kv[0].shape[0],), count, device=kv[0].device)
+            k, v = drop_front(kv[0], kv[1], counts, rebase, rope_base)
+            return k[:, :, : self.length - count], v[:, :, : self.length - count]
+
+        self.kv = [cut(kv) for kv in self.kv]
+        self.length -= count
+        if not rebase:
+            self.offset += count
+
+
+# Called per chunk with (chunk index, memory before the chunk, the chunk's K/V per layer), and once
+# after the loop with (number of chunks, final memory, None).
+ChunkHook = Callable[[int, MemoryKV, Optional[LayerKV]], None]
+
+
+class MemoMemory(SequenceMemory):
     """Memo as a TorchRL module. Build with ``MemoMemory(d_model=..., segment_len=..., ...)`` or
     ``MemoMemory(config=MemoConfig(...))``; see :class:`MemoConfig` for every option.
 
     Tensor API: ``forward_sequence(x[B,T,D]) -> [B,T,D]``, ``step(x[B,D]) -> [B,D]``,
-    ``refresh(history[B,t,D])``, ``reset_cache(B)``, ``cache_nbytes()``, ``memory_tokens()``.
+    ``refresh(history[B,t,D]) -> [B,t,D]``, ``reset_cache(B)``, ``new_cache(B)``, ``cache_nbytes()``.
     """
 
-    def __init__(
-        self,
-        config: MemoConfig | None = None,
-        *,
-        in_keys: Sequence[str] | None = None,
-        out_keys: Sequence[str] | None = None,
-        **kwargs,
-    ) -> None:
-        super().__init__(config_from_kwargs(MemoConfig, config, kwargs, type(self).__name__), in_keys, out_keys)
+    config_cls = MemoConfig
 
-    def _write_summary(self, memory: MemoryKV, summary: Tensor, skip: list[bool] | None) -> None:
-        """Encode ``summary`` once, older memory as prefix, at positions ``m..m+l_sum-1``; append it."""
+    def _build(self, cfg: SegmentConfig) -> None:
+        self.transformer = Transformer(cfg)
+        self.summary_queries = nn.Parameter(torch.randn(cfg.summary_len, cfg.d_model) * cfg.summary_init_scale)
+
+    def new_cache(self, batch_size: int) -> KVCache:
+        return self.transformer.new_cache(batch_size, counters=("memory",), bound=self._cache_bound())
+
+    def _cache_bound(self) -> int | None:
+        """Slots a row can need: the memory cap, a full segment and the queries (None: no cap)."""
+        cfg = self.config
+        if cfg.max_memory_tokens is None:
+            return None
+        return cfg.max_memory_tokens + cfg.segment_len + cfg.summary_len
+
+    # ------------------------------------------------------------ sequence mode
+    def segment_len_for(self, segment_len: int | None = None) -> int:
+        """The segment length a sequence-mode call uses: ``segment_len`` if given, else ``l_seg`` in
+        eval mode or without randomisation, else a draw ``int(l_seg * (1 - j + 2j*u))``."""
+        cfg = self.config
+        if segment_len is not None:
+            positive(segment_len=segment_len)
+            return segment_len
+        if not (self.training and cfg.randomize_segments):
+            return cfg.segment_len
+        u = torch.rand(()).item()
+        return max(1, int(cfg.segment_len * (1.0 - cfg.segment_jitter + 2.0 * cfg.segment_jitter * u)))
+
+    def _sequence(self, x: Tensor, segment_len: int | None, episode_start: Tensor | None) -> Tensor:
+        return self._run_chunks(x, self.segment_len_for(segment_len), self.transformer.draw_layer_skips())
+
+    def _run_chunks(
+        self, x: Tensor, L: int, skip: list[bool] | None, hook: ChunkHook | None = None, final_summary: bool = False
+    ) -> Tensor:
+        """Chunk loop over ``x [B,T,D]`` (every row a trial from t=0); returns ``[B,T,D]``.
+
+        ``hook`` sees each chunk's memory and K/V (refresh); ``final_summary`` also summarises a full
+        last chunk (so the memory after the whole input exists, again for refresh).
+        """
+        cfg, tf = self.config, self.transformer
+        B, T, _ = x.shape
+        queries = self.summary_queries.to(x.dtype).expand(B, -1, -1)
+        memory = MemoryKV(cfg.n_layers)
+        outputs = []
+        for i, start in enumerate(range(0, T, L)):
+            if cfg.tbptt_segments is not None and i > 0 and i % cfg.tbptt_segments == 0:
+                memory.detach()  # truncated BPTT: no gradient crosses this segment boundary
+            chunk = x[:, start : start + L]
+            n = chunk.shape[1]
+            summarise = n == L and (start + L < T or final_summary)
+            tokens = torch.cat((chunk, queries), dim=1) if summarise else chunk
+            pos = memory.offset + memory.length + torch.arange(tokens.shape[1], device=x.device)
+            window = PrefixKV(memory.kv, cfg.n_layers)
+            h = tf(tokens, pos, window, skip)
+            outputs.append(h[:, :n])
+            if hook is not None:
+                hook(i, memory, window.new)
+            if summarise:
+                self._write_summary(memory, h[:, n:], skip)
+        if hook is not None:
+            hook(len(outputs), memory, None)  # rows that end exactly after the last full chunk
+        return torch.cat(outputs, dim=1)
+
+    def _append_summary(self, memory: MemoryKV, summary: Tensor, skip: list[bool] | None) -> None:
+        """Encode ``summary [B,l_sum,D]`` once, the memory as prefix, at positions ``m..m+l_sum-1``."""
         cfg = self.config
         pos = memory.offset + memory.length + torch.arange(cfg.summary_len, device=summary.device)
         encoder = PrefixKV(memory.kv, cfg.n_layers)
         self.transformer(summary, pos, encoder, skip, kv_only=True)
         memory.append(encoder.new)
         memory.length += cfg.summary_len
+
+    def _write_summary(self, memory: MemoryKV, summary: Tensor, skip: list[bool] | None) -> None:
+        """Sequence mode: ``M <- [M | S_i]``, then evict the oldest summaries over the cap."""
+        cfg = self.config
+        self._append_summary(memory, summary, skip)
         if cfg.max_memory_tokens is not None and memory.length > cfg.max_memory_tokens:
             evict = _whole_summaries(memory.length - cfg.max_memory_tokens, cfg.summary_len)
             memory.evict_front(evict, cfg.position_policy == "rebase", cfg.rope_base)
 
-    def _write_summary_rows(self, rows: Tensor, summary: Tensor) -> None:
-        cfg, cache = self.config, self._cache
-        cache.lengths[rows] = self._memory_len[rows]  # drop the segment
-        self.transformer(summary, cache.positions(cfg.summary_len, rows), cache.source(rows), kv_only=True)
+    # ---------------------------------------------------------------- step mode
+    def _step(self, x: Tensor, cache: KVCache, episode_start: Tensor | None) -> Tensor:
+        cfg, tf = self.config, self.transformer
+        h = tf(x[:, None], cache.positions(1), cache.source(1))
+        cache.advance(1)
+        full = (cache.lengths - cache.counters["memory"]) == cfg.segment_len
+        if bool(full.any()):
+            rows = full.nonzero().squeeze(1)
+            queries = self.summary_queries.expand(rows.shape[0], -1, -1)
+            summary = tf(queries, cache.positions(cfg.summary_len, rows), cache.source(cfg.summary_len, rows))
+            self._write_summary_rows(cache, rows, summary)
+            cache.trim()
+        return h[:, 0]
+
+    def _append_summary_rows(self, cache: KVCache, rows: Tensor, summary: Tensor, keep: Tensor) -> None:
+        """Cut ``rows`` to their first ``keep [r]`` tokens and encode ``summary [r,l_sum,D]`` after them."""
+        cfg = self.config
+        cache.lengths[rows] = keep
+        pos, source = cache.positions(cfg.summary_len, rows), cache.source(cfg.summary_len, rows)
+        self.transformer(summary, pos, source, kv_only=True)
         cache.advance(cfg.summary_len, rows)
-        self._memory_len[rows] += cfg.summary_len
+        cache.counters["memory"][rows] = keep + cfg.summary_len
+
+    def _write_summary_rows(self, cache: KVCache, rows: Tensor, summary: Tensor) -> None:
+        """Step mode: drop the segment of ``rows``, append the summary, evict over the cap."""
+        cfg, memory = self.config, cache.counters["memory"]
+        self._append_summary_rows(cache, rows, summary, keep=memory[rows])
         if cfg.max_memory_tokens is not None:
-            evict = _whole_summaries((self._memory_len[rows] - cfg.max_memory_tokens).clamp(min=0), cfg.summary_len)
+            evict = _whole_summaries((memory[rows] - cfg.max_memory_tokens).clamp(min=0), cfg.summary_len)
             over = evict > 0
             if bool(over.any()):
                 cache.evict_front(rows[over], evict[over], cfg.position_policy == "rebase", cfg.rope_base)
-                self._memory_len[rows[over]] -= evict[over]
+                memory[rows[over]] -= evict[over]
+
+    # ------------------------------------------------------------------ refresh
+    def _refresh(
+        self, x: Tensor, lengths: Tensor, episode_start: Tensor | None, last: Tensor, cache: KVCache
+    ) -> Tensor:
+        L = self.config.segment_len
+        done_chunks, in_segment = lengths[last] // L, lengths[last] % L
+
+        def capture(i: int, memory: MemoryKV, chunk_kv: LayerKV | None) -> None:
+            rows = (done_chunks == i).nonzero().squeeze(1)
+            if not rows.numel():
+                return
+            trials, held = last[rows], memory.length + int(in_segment[rows].max())
+            for layer in range(self.config.n_layers):
+                parts = [p[layer] for p in (memory.kv, chunk_kv) if p is not None and p[layer] is not None]
+                if parts:
+                    k, v = (torch.cat([p[j][trials] for p in parts], 2)[:, :, :held] for j in (0, 1))
+                    cache.fill(rows, layer, k, v)
+            cache.lengths[rows] = memory.length + in_segment[rows]
+            cache.offsets[rows] = memory.offset
+            cache.counters["memory"][rows] = memory.length
+
+        return self._run_chunks(x, L, skip=None, hook=capture, final_summary=True)
 
 
-def _whole_summaries(excess, summary_len: int):
+def _whole_summaries(excess: int | Tensor, summary_len: int) -> int | Tensor:
     """``excess`` tokens rounded up to whole summaries (int or tensor)."""
     return (excess + summary_len - 1) // summary_len * summary_len

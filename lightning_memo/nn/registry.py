@@ -7,31 +7,33 @@ that does not apply to the chosen memory is an error listing the ones that do.
 
 from __future__ import annotations
 
-from dataclasses import fields
 from typing import Any, Mapping, NamedTuple, Sequence
 
 from lightning_memo.nn.base import SequenceMemory
-from lightning_memo.nn.full_context import FCTConfig, FullContextMemory
-from lightning_memo.nn.memo import MemoConfig, MemoMemory
-from lightning_memo.nn.memoryless import MemorylessConfig, MemorylessMemory
-from lightning_memo.nn.recurrent import GRUMemory, LSTMMemory, RecurrentConfig
-from lightning_memo.nn.rmt import RMTConfig, RMTMemory
+from lightning_memo.nn.full_context import FullContextMemory
+from lightning_memo.nn.memo import MemoMemory
+from lightning_memo.nn.memoryless import MemorylessMemory
+from lightning_memo.nn.recurrent import GRUMemory, LSTMMemory
+from lightning_memo.nn.rmt import RMTMemory
 
 
 class MemorySpec(NamedTuple):
     cls: type[SequenceMemory]
-    config_cls: type
-    defaults: Mapping[str, Any]  # keyword defaults that make this name differ from the class default
+    defaults: Mapping[str, Any] = {}  # keyword defaults that make this name differ from the class default
+
+    @property
+    def config_cls(self) -> type:
+        return self.cls.config_cls
 
 
 MEMORIES: dict[str, MemorySpec] = {
-    "memo": MemorySpec(MemoMemory, MemoConfig, {}),
-    "ac": MemorySpec(MemoMemory, MemoConfig, {"tbptt_segments": 2}),
-    "fct": MemorySpec(FullContextMemory, FCTConfig, {}),
-    "rmt": MemorySpec(RMTMemory, RMTConfig, {}),
-    "gru": MemorySpec(GRUMemory, RecurrentConfig, {}),
-    "lstm": MemorySpec(LSTMMemory, RecurrentConfig, {}),
-    "none": MemorySpec(MemorylessMemory, MemorylessConfig, {}),  # the memoryless control
+    "memo": MemorySpec(MemoMemory),
+    "ac": MemorySpec(MemoMemory, {"tbptt_segments": 2}),
+    "fct": MemorySpec(FullContextMemory),
+    "rmt": MemorySpec(RMTMemory),
+    "gru": MemorySpec(GRUMemory),
+    "lstm": MemorySpec(LSTMMemory),
+    "none": MemorySpec(MemorylessMemory),  # the memoryless control
 }
 
 
@@ -54,14 +56,11 @@ def make_memory(
     if isinstance(config, spec.config_cls):
         if kwargs:
             raise TypeError(f"pass either config= or keyword arguments to make_memory({name!r}), not both.")
-        return spec.cls(config, in_keys=in_keys, out_keys=out_keys)
-    if config is not None:  # a mapping, e.g. an omegaconf DictConfig
-        kwargs = {**dict(config), **kwargs}
-    valid = {f.name for f in fields(spec.config_cls)}
-    unknown = sorted(set(kwargs) - valid)
-    if unknown:
-        raise TypeError(f"make_memory({name!r}) got unknown argument(s) {unknown}; valid names: {sorted(valid)}.")
-    memory = spec.cls(in_keys=in_keys, out_keys=out_keys, **{**spec.defaults, **kwargs})
+        memory = spec.cls(config, in_keys=in_keys, out_keys=out_keys)
+    else:
+        if config is not None:  # a mapping, e.g. an omegaconf DictConfig
+            kwargs = {**dict(config), **kwargs}
+        memory = spec.cls(in_keys=in_keys, out_keys=out_keys, **{**spec.defaults, **kwargs})
     if name == "ac" and memory.config.tbptt_segments is None:
         raise ValueError("make_memory('ac') needs tbptt_segments >= 1 (the AC truncation); use 'memo' for full BPTT.")
     return memory

@@ -18,6 +18,8 @@ class TrialIndex(NamedTuple):
     rows: Tensor  # [N, L] source row of each packed step
     times: Tensor  # [N, L] source time of each packed step
     valid: Tensor  # [N, L] false on padding
+    lengths: Tensor  # [N] steps of each packed trial
+    last: Tensor  # [B] the packed row holding each source row's last trial
 
 
 def _trial_bounds(resets: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -46,7 +48,9 @@ def pack_trials(resets: Tensor, *tensors: Tensor | None) -> tuple[list[Tensor | 
         p = t[row_grid, times]
         mask = valid.reshape(valid.shape + (1,) * (p.dim() - 2))
         packed.append(torch.where(mask, p, torch.zeros((), dtype=p.dtype, device=p.device)))
-    return packed, TrialIndex(row_grid, times, valid)
+    last = torch.zeros(resets.shape[0], dtype=torch.long, device=resets.device)
+    last.scatter_reduce_(0, rows, torch.arange(rows.shape[0], device=rows.device), "amax")
+    return packed, TrialIndex(row_grid, times, valid, lengths, last)
 
 
 def unpack_trials(packed: Tensor, index: TrialIndex, shape: torch.Size) -> Tensor:
@@ -54,23 +58,3 @@ def unpack_trials(packed: Tensor, index: TrialIndex, shape: torch.Size) -> Tenso
     out = packed.new_zeros(tuple(shape) + packed.shape[2:])
     out[index.rows[index.valid], index.times[index.valid]] = packed[index.valid]
     return out
-
-
-def last_trial(
-    resets: Tensor, x: Tensor, episode_start: Tensor | None = None
-) -> tuple[Tensor, Tensor, Tensor | None]:
-    """The last trial of every row, left-aligned: ``(x [B,L,D], lengths [B], episode_start [B,L])``."""
-    B, T = resets.shape
-    steps = torch.arange(T, device=resets.device)
-    start = torch.where(resets, steps, torch.zeros_like(steps)).amax(dim=1)  # last restart per row
-    lengths = T - start
-    L = int(lengths.max())
-    offsets = torch.arange(L, device=resets.device)
-    times = (start[:, None] + offsets).clamp(max=T - 1)
-    valid = offsets < lengths[:, None]
-    rows = torch.arange(B, device=resets.device)[:, None]
-    xs = torch.where(valid[..., None], x[rows, times], torch.zeros((), dtype=x.dtype, device=x.device))
-    eps = None
-    if episode_start is not None:
-        eps = episode_start[rows, times] & valid
-    return xs, lengths, eps

@@ -62,7 +62,7 @@ class ScriptedAgent:
         close = env.geom.distance <= env.config.success_radius
         if (close & (env.seen == oh.OBJECT + env.target)).any():
             return STOP
-        free = env.house.grid == oh.FREE
+        free = env.grid == oh.FREE
         known = [cell for cell, k in self.objects.items() if k == env.target]
         if known:
             beside = {(r + dr, c + dc) for r, c in known for dr, dc in oh.FORWARD if free[r + dr, c + dc]}

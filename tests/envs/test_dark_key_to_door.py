@@ -86,11 +86,11 @@ def test_seeding_goes_through_np_random():
     a, b = DarkKeyToDoorGym(), DarkKeyToDoorGym()
     a.reset(seed=7)
     b.reset(seed=7)
-    np.testing.assert_array_equal(a._task, b._task)
+    np.testing.assert_array_equal(a.task, b.task)
     rng = np.random.default_rng(7)  # what gymnasium's np_random is for seed 7
-    np.testing.assert_array_equal(a._task, rng.integers(0, 9, size=(3, 2)))
+    np.testing.assert_array_equal(a.task, rng.integers(0, 9, size=(3, 2)))
     a.reset()  # the next trial continues the stream
-    np.testing.assert_array_equal(a._task, rng.integers(0, 9, size=(3, 2)))
+    np.testing.assert_array_equal(a.task, rng.integers(0, 9, size=(3, 2)))
 
 
 def test_gymnasium_checks_and_registration():
@@ -188,7 +188,7 @@ def test_torchrl_specs():
 
 
 def test_layout_knowing_agent_earns_about_100_per_trial():
-    """spec/envs.md: an agent that knows the layout earns about 99 per trial at 9x9 / 50 / 500."""
+    """An agent that knows the layout earns about 99 per trial at 9x9 / 50 / 500."""
     env = DarkKeyToDoorEnv(num_envs=1024, seed=0)
     td, total = env.reset(), torch.zeros(1024)
     for _ in range(500):

@@ -12,6 +12,20 @@ HAVE_HABITAT = all(importlib.util.find_spec(m) is not None for m in ("habitat", 
 NO_HABITAT = "habitat-sim/habitat-lab not installed: see docs/habitat.md"
 
 
+class PooledRGBEncoder(torch.nn.Module):
+    """A tiny stand-in encoder for smoke tests: RGB ``uint8 [N, H, W, 3]`` average-pooled to ``[N, 3 * grid**2]``."""
+
+    def __init__(self, grid: int = 8):
+        super().__init__()
+        self.grid = grid
+        self.out_dim = 3 * grid * grid
+
+    @torch.no_grad()
+    def forward(self, rgb: torch.Tensor) -> torch.Tensor:
+        x = rgb.permute(0, 3, 1, 2).float() / 255.0
+        return torch.nn.functional.adaptive_avg_pool2d(x, self.grid).flatten(1)
+
+
 def habitat_obs(goal=3, channels=3, size=256):
     """An observation dict as habitat-lab's ObjectNav task returns it (RGB sensor, objectgoal)."""
     rng = np.random.default_rng(0)
@@ -72,7 +86,7 @@ def test_step_outcome_from_habitat_measures():
 
 
 def test_pooled_encoder_shapes():
-    encoder = hb.PooledRGBEncoder(grid=4)
+    encoder = PooledRGBEncoder(grid=4)
     rgb = torch.stack([hb.convert_observation(habitat_obs(), 20)[0]] * 2)
     features = encoder(rgb)
     assert features.shape == (2, encoder.out_dim) == (2, 48)
@@ -87,7 +101,7 @@ def test_real_habitat_rollout():
         pytest.skip("set LIGHTNING_MEMO_HABITAT_CONFIG to an ObjectNav config with its data downloaded")
     from torchrl.envs.utils import check_env_specs
 
-    env = hb.HabitatObjNavEnv(config, encoder=hb.PooledRGBEncoder(), num_envs=1, trial_len=20, seed=0)
+    env = hb.HabitatObjNavEnv(config, encoder=PooledRGBEncoder(), num_envs=1, trial_len=20, seed=0)
     check_env_specs(env)
     data = env.rollout(20, break_when_any_done=False)  # TorchRL stacks time last: [1, 20]
     assert data["next", "done"][0, -1].item() and data["view"].shape == (1, 20, 192)

@@ -90,7 +90,7 @@ def test_observation_layout_matches_the_state():
     assert info["episode_start"] and info["episode_index"] == 0
     h, w, c = env.config.view_shape
     view = obs["view"].reshape(h * w, c).T  # [C, V]
-    codes = oh.window_codes(oh.pad_grid(env.house.grid, 4), env.pos, np.array(env.heading), env.geom)
+    codes = oh.window_codes(oh.pad_grid(env.grid, 4), env.pos, np.array(env.heading), env.geom)
     visible = oh.visible(codes, env.geom)
     np.testing.assert_array_equal(view[0], visible)
     np.testing.assert_array_equal(view[1], visible & (codes == oh.WALL))
@@ -111,11 +111,11 @@ def test_rewards_success_and_spl_follow_the_rules():
     start, seen = True, {"success": 0, "failed_stop": 0, "timeout": 0}
     for _ in range(250):
         action = agent.act(env, start) if rng.random() < 0.8 else int(rng.integers(4))
-        d_before, target, ep_t = env._d, env.target, env._ep_t
+        d_before, target, ep_t = env.goal_distance, env.target, env.episode_steps
         visible_target = ((env.geom.distance <= 1.5) & (env.seen == oh.OBJECT + target)).any()
         ahead = env.pos + oh.FORWARD[env.heading]
-        moved = action == FORWARD and env.house.grid[tuple(ahead)] == oh.FREE
-        d_after = env.dist[target, ahead[0], ahead[1]] if moved else d_before
+        moved = action == FORWARD and env.grid[tuple(ahead)] == oh.FREE
+        d_after = env.distances[target, ahead[0], ahead[1]] if moved else d_before
         _, reward, _, _, info = env.step(action)
         success = action == STOP and visible_target
         assert info["success"] == success
@@ -123,7 +123,7 @@ def test_rewards_success_and_spl_follow_the_rules():
         assert reward == pytest.approx(-0.003 + 0.25 * (d_before - d_after) + 2.0 * success)
         assert 0 <= info["spl"] <= 1 and (info["spl"] > 0) == success
         if info["episode_end"]:
-            assert env._ep_t == 0 and env._path == 0 and info["episode_start"]
+            assert env.episode_steps == 0 and env.path_length == 0 and info["episode_start"]
             seen["success" if success else "failed_stop" if action == STOP else "timeout"] += 1
         start = info["episode_start"]
     assert all(v > 0 for v in seen.values()), seen
@@ -142,7 +142,7 @@ def test_moves_turns_and_blocking():
         pos = env.pos.copy()
         env.step(FORWARD)
         ahead = pos + oh.FORWARD[env.heading]
-        expected = ahead if env.house.grid[tuple(ahead)] == oh.FREE else pos
+        expected = ahead if env.grid[tuple(ahead)] == oh.FREE else pos
         np.testing.assert_array_equal(env.pos, expected)
 
 

@@ -10,7 +10,7 @@ from lightning_memo.envs.third_party import wrap_gym_trial_env
 
 def check_trial_rollout(env, obs_dim, num_actions, steps=None):
     check_env_specs(env)
-    data = env.rollout(1000)  # stops at the env's own end: one trial
+    data = env.rollout(1000)[0]  # the one row; stops at the env's own end: one trial
     assert data["next", "done"][-1].item() and not data["next", "done"][:-1].any()
     assert steps is None or data.shape == (steps,)
     assert data["observation"].shape[1:] == (obs_dim,) and data["observation"].dtype == torch.float32

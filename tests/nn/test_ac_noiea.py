@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from lightning_memo import make_memory
+from lightning_memo.nn import make_memory
 
 TINY = dict(d_model=8, n_heads=2, n_layers=2, mlp_ratio=2.0)
 SEG = dict(segment_len=4, summary_len=2)

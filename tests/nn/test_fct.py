@@ -87,7 +87,7 @@ def test_streaming_cache_is_bounded():
             sizes.append(memory.cache_nbytes())
     assert memory.memory_tokens().tolist() == [5, 5]
     assert max(sizes) == sizes[4] == sizes[-1]
-    assert memory._cache.offsets.tolist() == [35, 35]  # "grow": positions keep increasing
+    assert memory.cache_state().offsets.tolist() == [35, 35]  # "grow": positions keep increasing
 
 
 def test_rebase_and_grow_compute_the_same_function():
@@ -96,7 +96,7 @@ def test_rebase_and_grow_compute_the_same_function():
     x = torch.randn(2, 12, 8, dtype=torch.float64)
     with torch.no_grad():
         assert (steps(grow, x) - steps(rebase, x)).abs().max() < 1e-10
-    assert rebase._cache.offsets.tolist() == [0, 0]
+    assert rebase.cache_state().offsets.tolist() == [0, 0]
 
 
 @pytest.mark.parametrize(

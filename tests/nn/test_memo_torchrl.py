@@ -7,7 +7,7 @@ from tensordict.nn import TensorDictModule, TensorDictSequential
 from torch import nn
 from torchrl.modules import set_recurrent_mode
 
-from lightning_memo import MemoMemory
+from lightning_memo.nn import MemoMemory
 
 D = 16
 

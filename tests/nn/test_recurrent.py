@@ -4,7 +4,7 @@ import pytest
 import torch
 from torchrl.modules import GRUModule, LSTMModule
 
-from lightning_memo import make_memory
+from lightning_memo.nn import make_memory
 
 
 @pytest.mark.parametrize("name, module_cls, states", [("gru", GRUModule, 1), ("lstm", LSTMModule, 2)])

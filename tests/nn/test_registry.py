@@ -3,9 +3,11 @@
 import pytest
 import torch
 from tensordict import TensorDict
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
 from torchrl.modules import set_recurrent_mode
 
-from lightning_memo import make_memory
+from lightning_memo.nn import make_memory
 from lightning_memo.nn import MEMORIES, SequenceMemory
 
 TINY = dict(d_model=8, n_heads=2, n_layers=2, mlp_ratio=2.0)
@@ -77,6 +79,58 @@ def test_refresh_then_step_matches_sequence(variant):
         assert (got - expected[:, t0:]).abs().max() < TOL, f"refresh at t0={t0}"
 
 
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_refresh_returns_eval_sequence_outputs(variant):
+    memory = build(variant)
+    x, is_init, episode_start = inputs(3, 14, seed=3)
+    with torch.no_grad():
+        expected = memory.forward_sequence(x, is_init, episode_start=episode_start)
+        memory.train()  # refresh runs the eval semantics whatever the mode
+        for t0 in (1, 5, 8, 14):
+            got = memory.refresh(x[:, :t0], is_init[:, :t0], episode_start[:, :t0])
+            assert got.shape == (3, t0, 8)
+            assert (got - expected[:, :t0]).abs().max() < TOL, f"refresh at t0={t0}"
+        empty = memory.refresh(x[:, :0])
+    assert empty.shape == (3, 0, 8) and memory.cache_batch_size() == 3
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_caller_cache_does_not_disturb_the_module_cache(variant):
+    memory = build(variant)
+    x, is_init, episode_start = inputs(2, 14)
+    other, other_init, other_start = inputs(3, 14, seed=5)
+    with torch.no_grad():
+        memory.reset_cache(2)
+        alone = run_steps(memory, x, is_init, episode_start)
+        memory.reset_cache(2)
+        cache = memory.new_cache(3)
+        interleaved, side = [], []
+        for t in range(14):
+            interleaved.append(memory.step(x[:, t], is_init[:, t], episode_start[:, t]))
+            side.append(memory.step(other[:, t], other_init[:, t], other_start[:, t], cache=cache))
+        memory.reset_cache(3)
+        own = run_steps(memory, other, other_init, other_start)
+    assert torch.equal(torch.stack(interleaved, 1), alone)
+    assert torch.equal(torch.stack(side, 1), own)  # the caller's cache steps as the module's own would
+    with pytest.raises(ValueError, match="new_cache"):
+        memory.step(x[:, 0], cache=cache)  # 2 rows against a cache of 3
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_cache_state_round_trip(variant):
+    memory = build(variant)
+    x, is_init, episode_start = inputs(2, 14)
+    with torch.no_grad():
+        memory.reset_cache(2)
+        run_steps(memory, x[:, :6], is_init[:, :6], episode_start[:, :6])
+        state = memory.cache_state()
+        first = run_steps(memory, x, is_init, episode_start, 6)
+        for _ in range(2):  # loading keeps a copy: the state itself is never stepped
+            memory.load_cache_state(state)
+            assert torch.equal(run_steps(memory, x, is_init, episode_start, 6), first)
+    assert memory.cache_allocated_nbytes() >= memory.cache_nbytes()
+
+
 def expected_tokens(variant: str, t: int) -> int:
     """Tokens (state vectors for GRU/LSTM) held per row after t steps of one trial."""
     name, kw = VARIANTS[variant]
@@ -107,6 +161,69 @@ def test_cache_bytes_follow_formula(variant):
             tokens = expected_tokens(variant, t)
             assert memory.memory_tokens().tolist() == [tokens, tokens], f"t={t}"
             assert memory.cache_nbytes() == 2 * tokens * per_token, f"t={t}"
+
+
+class LargestTensor(TorchDispatchMode):
+    """Records the bytes of the largest tensor any op creates while active."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.nbytes = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in tree_flatten(out)[0]:
+            if isinstance(t, torch.Tensor):
+                self.nbytes = max(self.nbytes, t.numel() * t.element_size())
+        return out
+
+
+@pytest.mark.parametrize("variant, t", [("memo", 1024), ("fct", 512), ("fct-relic-noiea", 512)])
+def test_refresh_builds_nothing_larger_than_twice_its_cache(variant, t):
+    """A [B, n, n] visibility mask over the n cached tokens would be n/128 times the cache here (float32)."""
+    name, kwargs = VARIANTS[variant]
+    torch.manual_seed(0)
+    memory = make_memory(name, **kwargs).eval()
+    with torch.no_grad(), LargestTensor() as largest:
+        memory.refresh(torch.randn(2, t, 8))
+    assert int(memory.memory_tokens().min()) >= 512
+    assert largest.nbytes <= 2 * memory.cache_nbytes()
+
+
+def test_memo_allocates_within_ten_percent_of_what_it_holds():
+    memory = build("memo")
+    seg = VARIANTS["memo"][1]["segment_len"]
+    x, _, _ = inputs(2, 12 * seg)
+    memory.reset_cache(2)
+    with torch.no_grad():
+        for t in range(x.shape[1]):
+            memory.step(x[:, t])
+            if t + 1 >= seg:
+                assert memory.cache_allocated_nbytes() <= 1.1 * memory.cache_nbytes(), f"t={t + 1}"
+        for t in (seg, 3 * seg + 1, 7 * seg + 3):
+            memory.refresh(x[:, :t])
+            assert memory.cache_allocated_nbytes() <= 1.1 * memory.cache_nbytes(), f"refresh t={t}"
+
+
+@pytest.mark.parametrize(
+    "variant, bound",
+    [
+        ("rmt", lambda kw: kw["segment_len"] + 2 * kw["summary_len"]),
+        ("memo-stream", lambda kw: kw["max_memory_tokens"] + kw["segment_len"] + kw["summary_len"]),
+        ("fct-window-block", lambda kw: kw["window"] + kw["evict_block"] - 1),
+    ],
+)
+def test_streaming_caches_reserve_their_bound_once(variant, bound):
+    name, kwargs = (VARIANTS | {"memo-stream": ("memo", {**TINY, **SEG, "max_memory_tokens": 4})})[variant]
+    torch.manual_seed(0)
+    memory = make_memory(name, **kwargs).double().eval()
+    x, _, _ = inputs(2, 40)
+    per_slot = 2 * 2 * kwargs["n_layers"] * 8 * 8  # 2 rows, K and V per layer, width 8, float64
+    memory.reset_cache(2)
+    with torch.no_grad():
+        for t in range(40):
+            memory.step(x[:, t])
+            assert memory.cache_allocated_nbytes() == bound(kwargs) * per_slot, f"t={t + 1}"
 
 
 @pytest.mark.parametrize("variant", ["memo", "fct-relic-sink", "rmt", "gru"])

@@ -3,6 +3,7 @@
 import torch
 
 from lightning_memo.nn.rmt import RMTMemory
+from tests.nn.spy import record_segment_lens
 
 KW = dict(d_model=8, n_heads=2, n_layers=2, mlp_ratio=2.0, segment_len=4, summary_len=3)
 
@@ -10,14 +11,14 @@ KW = dict(d_model=8, n_heads=2, n_layers=2, mlp_ratio=2.0, segment_len=4, summar
 class ReferenceStyleRMT(RMTMemory):
     """The reference's acting path: the new memory is encoded with the *old* memory as KV prefix."""
 
-    def _write_summary_rows(self, rows, summary):
-        cfg, cache, tf = self.config, self._cache, self.transformer
-        old = self._memory_len[rows]
+    def _write_summary_rows(self, cache, rows, summary):
+        cfg, tf = self.config, self.transformer
+        old = cache.counters["memory"][rows]
         cache.lengths[rows] = old  # the old memory stays visible while the new one is encoded ...
-        tf(summary, cache.positions(cfg.summary_len, rows), cache.source(rows), kv_only=True)
+        tf(summary, cache.positions(cfg.summary_len, rows), cache.source(cfg.summary_len, rows), kv_only=True)
         cache.advance(cfg.summary_len, rows)
         cache.evict_front(rows, old, rebase=True, rope_base=cfg.rope_base)  # ... then it is replaced
-        self._memory_len[rows] = cfg.summary_len
+        cache.counters["memory"][rows] = cfg.summary_len
 
 
 def act(memory, x):
@@ -67,11 +68,11 @@ def test_segment_length_randomised_in_training_only():
     torch.manual_seed(0)
     memory = RMTMemory(**{**KW, "segment_len": 10}).double()
     x = torch.randn(1, 25, 8, dtype=torch.float64)
-    drawn = set()
+    used = record_segment_lens(memory)
     for _ in range(30):
         memory.forward_sequence(x)
-        drawn.add(memory.last_segment_len)
+    drawn = set(used)
     assert min(drawn) >= 8 and max(drawn) <= 12 and len(drawn) > 1
     memory.eval()
     memory.forward_sequence(x)
-    assert memory.last_segment_len == 10
+    assert used[-1] == 10
