@@ -16,14 +16,13 @@ import tempfile
 import time
 from pathlib import Path
 
-import lightning.pytorch as pl
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from lightning_memo.algos.ppo import MemoPPO  # noqa: E402
 from lightning_memo.callbacks import TrialCallback  # noqa: E402
-from lightning_memo.config import load_config, make_env_factory, make_policy, make_trainer  # noqa: E402
+from lightning_memo.config import load_config  # noqa: E402
+from lightning_memo.train import build, fit  # noqa: E402
 
 
 class _TrialTimer(TrialCallback):
@@ -48,15 +47,14 @@ def bench(memory: str, args: argparse.Namespace, log_dir: str) -> dict:
         f"memory={memory}", f"policy.d_model={args.d_model}", f"env.num_envs={args.num_envs}",
         "env.kwargs.size=9", "env.kwargs.episode_len=50", "env.trial_len=500", f"ppo.update_every={args.update_every}",
         f"ppo.num_trials={args.trials + 1}", f"memories.memo.segment_len={args.segment_len}",
-        f"memories.memo.summary_len={args.summary_len}", f"trainer.log_dir={log_dir}", "trainer.progress_bar=false",
+        f"memories.memo.summary_len={args.summary_len}", f"trainer.log_dir={log_dir}", "trainer.enable_progress_bar=false",
         "trainer.checkpoint_every=0", "trainer.loggers=[]", f"trainer.run_name={memory}",
     ]
     cfg = load_config("dark_key_to_door", overrides)
-    pl.seed_everything(0, verbose=False)
-    factory = make_env_factory(cfg)
-    policy = make_policy(cfg, factory(0))
     timer = _TrialTimer()
-    make_trainer(cfg, [timer]).fit(MemoPPO(policy, factory, cfg.ppo))
+    run = build(cfg, [timer])
+    fit(run)
+    policy = run.module.policy
     timed = timer.times[1:]  # the first trial warms up
     steps = cfg.env.num_envs * cfg.env.trial_len
     return {

@@ -3,13 +3,15 @@
     python examples/dark_key_to_door.py                        # 5x5 grid, 20-step episodes, 200-step trials
     python examples/dark_key_to_door.py memory=gru ppo.num_trials=50
     python examples/dark_key_to_door.py env.kwargs.size=9 env.kwargs.episode_len=50 env.trial_len=500
+    python examples/dark_key_to_door.py trainer.resume=last    # continue the latest run
     fabric run --devices 2 --accelerator cpu examples/dark_key_to_door.py ppo.num_trials=20
 
-Settings: lightning_memo/configs/dark_key_to_door.yaml (or config=path/to/your.yaml). Logs (CSV,
-TensorBoard) and checkpoints go to runs/<trainer.run_name>/; resume with trainer.resume=last.
+Settings: lightning_memo/configs/dark_key_to_door.yaml (or config=path/to/your.yaml). Each run writes
+runs/<trainer.run_name>/version_<k>/ (config.yaml, metrics.csv, TensorBoard events, checkpoints/).
+Errors print one line; add --debug for the traceback.
 """
 
-from lightning_memo.config import main
+from lightning_memo.train import main
 
 if __name__ == "__main__":
     main("dark_key_to_door")

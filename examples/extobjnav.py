@@ -8,7 +8,7 @@
 Settings: lightning_memo/configs/extobjnav.yaml (or config=path/to/your.yaml).
 """
 
-from lightning_memo.config import main
+from lightning_memo.train import main
 
 if __name__ == "__main__":
     main("extobjnav")

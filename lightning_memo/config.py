@@ -1,66 +1,85 @@
-"""Structured run configs (omegaconf) and the builders the examples share.
+"""Run configs: the schema (omegaconf structured dataclasses), loading, and validation, once.
 
 A run config is :class:`RunConfig`: ``seed``, ``memory`` (a name from the memory registry) with per-memory
-keyword arguments under ``memories.<name>``, ``env``, ``policy``, ``ppo`` and ``trainer``. Load one
-with :func:`load_config` (a YAML under ``lightning_memo/configs/`` or a path, plus ``key=value``
-overrides), then :func:`train` builds env, policy, :class:`~lightning_memo.algos.ppo.MemoPPO` and the
-Lightning ``Trainer`` and fits.
+keyword arguments under ``memories.<name>``, ``env``, ``policy``, ``ppo`` and ``trainer``. Under
+``trainer`` the package's own keys are :class:`TrainerConfig`'s; every other ``trainer.<key>`` is an
+argument of ``lightning.Trainer`` (``accelerator``, ``devices``, ``precision``, ``strategy``, ...),
+checked against its signature and passed straight through.
 
-Every setting is checked before training starts; errors name the key and the fix.
+:func:`load_config` reads a YAML (a packaged name or a path) plus ``key=value`` overrides and validates
+everything that can be checked without building anything: errors are :class:`ConfigError` naming the
+key and the fix. :mod:`lightning_memo.train` builds and runs it.
 """
 
 from __future__ import annotations
 
-import os
-from dataclasses import dataclass, field
+import collections.abc
+import difflib
+import inspect
+import typing
+from dataclasses import dataclass, field, fields
+from functools import partial
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Dict, List, Literal, Optional, Union
 
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from lightning_memo.algos.base import require
 from lightning_memo.algos.ppo import PPOConfig
 
 CONFIG_DIR = Path(__file__).parent / "configs"
-ENV_NAMES = ("dark_key_to_door", "objnav_grid", "objnav_habitat")
 LOGGERS = ("csv", "tensorboard")
-PRECISIONS = ("auto", "32-true", "bf16-mixed", "16-mixed", "64-true")
+# lightning.Trainer arguments the package sets itself, and the key that controls each
+OWNED_TRAINER_ARGS = {
+    "max_epochs": "ppo.num_trials (one epoch is one trial)",
+    "logger": "trainer.loggers",
+    "callbacks": "train(cfg, callbacks=[...]) in Python",
+    "enable_checkpointing": "trainer.checkpoint_every (0: no checkpoints)",
+    "default_root_dir": "trainer.log_dir and trainer.run_name",
+    "gradient_clip_val": "ppo.max_grad_norm",
+    "accumulate_grad_batches": "ppo.grad_accumulation",
+}
+# settings a resumed run may change silently: how long it trains and how it logs
+RESUME_SAFE = ("ppo.num_trials", "trainer.")
 
 
 class ConfigError(ValueError):
     """A run config that cannot work; the message names the key and the fix."""
 
 
+check = partial(require, error=ConfigError)
+
+
 @dataclass
 class EnvConfig:
-    name: str = "dark_key_to_door"  # one of ENV_NAMES
+    name: str = "dark_key_to_door"  # a name of lightning_memo.envs.ENV_NAMES
     num_envs: int = 8  # envs per rank
     trial_len: int = 200  # steps per trial
-    kwargs: Dict[str, Any] = field(default_factory=dict)  # forwarded to the env class (size, episode_len, ...)
+    kwargs: Dict[str, Any] = field(default_factory=dict)  # forwarded to the env (size, episode_len, ...)
 
 
 @dataclass
 class PolicyConfig:
     d_model: int = 64  # memory width (overrides memories.<name>.d_model)
     hidden: int = 128  # hidden width of the default MLP encoder
-    observation_keys: Optional[List[str]] = None  # default: the env's observation keys + trial features
+    observation_keys: Optional[List[str]] = None  # default: every observation entry except trial bookkeeping
 
 
 @dataclass
 class TrainerConfig:
-    accelerator: str = "cpu"
-    devices: int = 1  # processes; under `fabric run` taken from the launcher
-    strategy: str = "auto"  # "auto" (ddp when devices > 1) or a Lightning strategy name
-    precision: str = "auto"  # "auto": 32-true on CPU, bf16-mixed on GPU
+    """The package's own run settings; other ``trainer.*`` keys are ``lightning.Trainer`` arguments."""
+
     log_dir: str = "runs"
-    run_name: str = "memo"
-    loggers: List[str] = field(default_factory=lambda: ["csv", "tensorboard"])
+    run_name: str = "memo"  # runs go to <log_dir>/<run_name>/<version>/
+    version: Optional[str] = None  # null: the next version_<k>
+    loggers: Optional[List[str]] = None  # null: csv, plus tensorboard when it is installed
     checkpoint_every: int = 1  # trials between checkpoints (0: none)
-    resume: Optional[str] = None  # a checkpoint path, or "last"
-    progress_bar: bool = True
+    resume: Optional[str] = None  # "last" (the latest run of run_name, or of version) or a .ckpt path
     torch_threads: Optional[int] = None  # torch.set_num_threads (tiny models on shared CPUs: 1)
     max_logged_episodes: int = 10  # inner-episode indices with their own metrics
     video_every: int = 0  # save every k-th training trial of env 0 as a GIF under <run>/videos (0: off)
+    lightning: Dict[str, Any] = field(default_factory=dict)  # the lightning.Trainer arguments (filled by load)
 
 
 @dataclass
@@ -74,247 +93,273 @@ class RunConfig:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
 
 
+# ------------------------------------------------------------------------------ load
 def load_config(name_or_path: str, overrides: List[str] | None = None) -> RunConfig:
     """``RunConfig`` from a packaged YAML (``"dark_key_to_door"``) or a YAML path, plus ``key=value``
     overrides; validated (:func:`validate_config`)."""
     path = Path(name_or_path)
     if not path.suffix:
         path = CONFIG_DIR / f"{name_or_path}.yaml"
-    if not path.exists():
+    if not path.is_file():
         packaged = sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
         raise ConfigError(f"config {name_or_path!r} not found; use a YAML path or one of {packaged}.")
-    bad = [o for o in overrides or [] if "=" not in o or o.startswith("=")]
+    overrides = list(overrides or [])
+    bad = [o for o in overrides if "=" not in o or o.startswith("=")]
     if bad:
         raise ConfigError(f"command-line overrides must look like key=value (e.g. memory=gru); got {bad}.")
     try:
-        merged = OmegaConf.merge(
-            OmegaConf.structured(RunConfig), OmegaConf.load(path), OmegaConf.from_dotlist(list(overrides or []))
-        )
-        cfg: RunConfig = OmegaConf.to_object(merged)
+        raw = OmegaConf.to_container(OmegaConf.merge(OmegaConf.load(path), OmegaConf.from_dotlist(overrides)), resolve=True)
+        trainer = raw.get("trainer") or {}
+        own = {f.name for f in fields(TrainerConfig)} - {"lightning"}
+        raw["trainer"] = {k: v for k, v in trainer.items() if k in own}
+        raw["trainer"]["lightning"] = {k: v for k, v in trainer.items() if k not in own}
+        cfg: RunConfig = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(RunConfig), raw))
     except OmegaConfBaseException as err:
-        raise ConfigError(f"invalid config ({path.name} + overrides): {err}") from None
+        key = f"{err.full_key}: " if getattr(err, "full_key", None) else ""
+        raise ConfigError(f"{key}{getattr(err, 'msg', err)} ({path.name} + overrides)".replace("\n", " ")) from None
     validate_config(cfg)
     return cfg
 
 
+def to_dict(cfg: RunConfig) -> dict:
+    """The config as plain data, with the ``lightning.Trainer`` arguments back under ``trainer``."""
+    data = OmegaConf.to_container(OmegaConf.structured(cfg))
+    data["trainer"].update(data["trainer"].pop("lightning"))
+    return data
+
+
+def to_yaml(cfg: RunConfig) -> str:
+    return OmegaConf.to_yaml(to_dict(cfg))
+
+
+# ------------------------------------------------------------------------ validation
 def validate_config(cfg: RunConfig) -> None:
     """Raise :class:`ConfigError` naming the key for anything that cannot work."""
     from lightning_memo.nn.registry import MEMORIES
 
-    if cfg.memory not in MEMORIES:
-        raise ConfigError(f"memory={cfg.memory!r} is not a registered memory; choose one of {sorted(MEMORIES)}.")
-    if cfg.env.name not in ENV_NAMES:
-        raise ConfigError(f"env.name={cfg.env.name!r} is unknown; choose one of {list(ENV_NAMES)}.")
+    check(cfg.memory in MEMORIES, f"memory={cfg.memory!r} is not a registered memory; choose one of {sorted(MEMORIES)}.")
+    _validate_env(cfg)
     for key in ("num_envs", "trial_len"):
-        value = getattr(cfg.env, key)
-        if value < 1:
-            raise ConfigError(f"env.{key} must be >= 1, got {value}.")
-    if cfg.ppo.trial_len != cfg.env.trial_len:
-        raise ConfigError(
-            f"ppo.trial_len={cfg.ppo.trial_len} differs from env.trial_len={cfg.env.trial_len}; leave ppo.trial_len "
-            "as ${env.trial_len} or set both."
-        )
+        check(getattr(cfg.env, key) >= 1, f"env.{key} must be >= 1, got {getattr(cfg.env, key)}.")
+    check(
+        cfg.ppo.trial_len == cfg.env.trial_len,
+        f"ppo.trial_len={cfg.ppo.trial_len} differs from env.trial_len={cfg.env.trial_len}; leave ppo.trial_len as "
+        "${env.trial_len} or set both.",
+    )
     try:
         cfg.ppo.validate()
     except ValueError as err:
         raise ConfigError(str(err)) from None
-    if cfg.env.num_envs < cfg.ppo.num_minibatches:
-        raise ConfigError(
-            f"ppo.num_minibatches={cfg.ppo.num_minibatches} exceeds env.num_envs={cfg.env.num_envs} (minibatches are "
-            "whole env sequences); lower ppo.num_minibatches or raise env.num_envs."
-        )
-    if cfg.policy.d_model < 1 or cfg.policy.hidden < 1:
-        raise ConfigError("policy.d_model and policy.hidden must be >= 1.")
-    t = cfg.trainer
-    if t.precision not in PRECISIONS:
-        raise ConfigError(f"trainer.precision={t.precision!r}; choose one of {list(PRECISIONS)}.")
-    unknown = sorted(set(t.loggers) - set(LOGGERS))
-    if unknown:
-        raise ConfigError(f"trainer.loggers has unknown entries {unknown}; choose from {list(LOGGERS)}.")
-    if t.devices < 1:
-        raise ConfigError(f"trainer.devices must be >= 1, got {t.devices}.")
-    if t.torch_threads is not None and t.torch_threads < 1:
-        raise ConfigError(f"trainer.torch_threads must be >= 1 or null (torch's default), got {t.torch_threads}.")
-    if t.checkpoint_every < 0:
-        raise ConfigError(f"trainer.checkpoint_every must be >= 0 (0: no checkpoints), got {t.checkpoint_every}.")
-    if t.video_every < 0:
-        raise ConfigError(f"trainer.video_every must be >= 0 (0: no videos), got {t.video_every}.")
-    make_memory_from(cfg)  # unknown or invalid memory arguments fail here, named
+    check(
+        cfg.env.num_envs >= cfg.ppo.num_minibatches,
+        f"ppo.num_minibatches={cfg.ppo.num_minibatches} exceeds env.num_envs={cfg.env.num_envs} (minibatches are "
+        "whole env sequences); lower ppo.num_minibatches or raise env.num_envs.",
+    )
+    check(cfg.policy.d_model >= 1 and cfg.policy.hidden >= 1, "policy.d_model and policy.hidden must be >= 1.")
+    _validate_memory_args(cfg)
+    _validate_trainer(cfg.trainer)
 
 
-# --------------------------------------------------------------------------- builders
-def make_memory_from(cfg: RunConfig):
-    """The memory ``cfg.memory`` with ``cfg.memories[cfg.memory]`` and ``d_model = policy.d_model``."""
-    from lightning_memo.nn.registry import make_memory
+def _validate_env(cfg: RunConfig) -> None:
+    """``env.name``: a built-in task or a registered gymnasium id; ``env.kwargs`` of a built-in task
+    checked against the types of its options (their names and values are checked when it is built)."""
+    from lightning_memo.envs.gym_trial import is_gym_id
+    from lightning_memo.envs.registry import ENV_NAMES, ENVS
 
-    kwargs = {**dict(cfg.memories.get(cfg.memory, {}) or {}), "d_model": cfg.policy.d_model}
+    name = cfg.env.name
+    if name not in ENVS:
+        try:
+            known = is_gym_id(name)
+        except ImportError as err:
+            raise ConfigError(f"env.name={name!r}: {err}") from None
+        check(known, f"env.name={name!r} is unknown{_close(name, ENV_NAMES)}; choose one of {list(ENV_NAMES)} or a "
+                     "registered gymnasium id.")
+        return
+    cls = ENVS[name].batched
+    types = {**_type_hints(getattr(cls, "config_cls", None)), **_type_hints(cls.__init__)}
+    for key, value in cfg.env.kwargs.items():
+        if key in types:
+            check(_matches(value, types[key]), f"env.kwargs.{key}={value!r} is not a valid {name} {key}; expected "
+                                               f"{_describe(types[key])}.")
+
+
+def _type_hints(obj: Any) -> dict:
     try:
-        return make_memory(cfg.memory, **kwargs)
+        return typing.get_type_hints(obj) if obj is not None else {}
+    except (NameError, TypeError):  # annotations that do not resolve: nothing to check against
+        return {}
+
+
+def _validate_memory_args(cfg: RunConfig) -> None:
+    """``memories.<memory>`` checked through the memory's config class (no module is built)."""
+    from lightning_memo.nn.base import config_from_kwargs
+    from lightning_memo.nn.registry import MEMORIES
+
+    spec = MEMORIES[cfg.memory]
+    kwargs = {**spec.defaults, **dict(cfg.memories.get(cfg.memory) or {}), "d_model": cfg.policy.d_model}
+    try:
+        config_from_kwargs(spec.config_cls, None, kwargs, cfg.memory)
     except (TypeError, ValueError) as err:
         raise ConfigError(f"memories.{cfg.memory}: {err}") from None
 
 
-def make_env_factory(cfg: RunConfig, device: str = "cpu") -> Callable[[int], Any]:
-    """``seed -> env``: the configured batched env with InitTracker and the trial features."""
-    from lightning_memo.envs.transforms import make_trial_env
+def _validate_trainer(t: TrainerConfig) -> None:
+    import lightning.pytorch as pl
 
-    def factory(seed: int):
-        if cfg.env.name == "dark_key_to_door":
-            from lightning_memo.envs.dark_key_to_door import DarkKeyToDoorEnv as cls
-        elif cfg.env.name == "objnav_grid":
-            from lightning_memo.envs.objnav_grid import ObjNavGridEnv as cls
-        else:
-            from lightning_memo.envs.habitat import HabitatObjNavEnv as cls
-        try:
-            base = cls(num_envs=cfg.env.num_envs, trial_len=cfg.env.trial_len, device=device, seed=seed, **cfg.env.kwargs)
-        except ImportError as err:  # the habitat backend without habitat-lab / its data
-            raise ConfigError(
-                f"env.name={cfg.env.name} cannot start: {err} Or use env.name=objnav_grid (the CPU grid house)."
-            ) from None
-        except TypeError as err:
-            raise ConfigError(f"env.kwargs: {err}") from None
-        except ValueError as err:
-            raise ConfigError(f"env.kwargs / env: {err}") from None
-        return make_trial_env(base)
+    loggers = t.loggers or []
+    unknown = sorted(set(loggers) - set(LOGGERS))
+    check(not unknown, f"trainer.loggers has unknown entries {unknown}; choose from {list(LOGGERS)}.")
+    if "tensorboard" in loggers:
+        check(tensorboard_available(), "trainer.loggers includes tensorboard, which is not installed: pip install tensorboard.")
+    for key in ("checkpoint_every", "video_every", "max_logged_episodes"):
+        check(getattr(t, key) >= 0, f"trainer.{key} must be >= 0 (0: off), got {getattr(t, key)}.")
+    check(t.torch_threads is None or t.torch_threads >= 1, f"trainer.torch_threads must be >= 1 or null, got {t.torch_threads}.")
+    log_dir = Path(t.log_dir)
+    check(not log_dir.exists() or log_dir.is_dir(), f"trainer.log_dir={t.log_dir!r} exists and is not a directory.")
+    for key in ("run_name", "version"):
+        value = getattr(t, key)
+        check(value is None or (value and "/" not in value and value not in (".", "..")),
+                f"trainer.{key}={value!r} must be a plain directory name.")
+    params = inspect.signature(pl.Trainer.__init__).parameters
+    for key, value in t.lightning.items():
+        check(key not in OWNED_TRAINER_ARGS, f"trainer.{key} is set by lightning_memo; use {OWNED_TRAINER_ARGS.get(key)}.")
+        check(
+            key in params and key != "self",
+            f"trainer.{key} is neither a lightning_memo trainer key nor a lightning.Trainer argument"
+            f"{_close(key, [*params, *(f.name for f in fields(TrainerConfig))])}.",
+        )
+        check(
+            _matches(value, params[key].annotation),
+            f"trainer.{key}={value!r} is not a valid lightning.Trainer {key}; expected {_describe(params[key].annotation)}.",
+        )
+    if t.resume is not None:
+        find_checkpoint(t)
 
-    return factory
 
-
-def make_policy(cfg: RunConfig, env):
-    """A :class:`~lightning_memo.policy.MemoPolicy` for ``env`` with the configured memory."""
-    from lightning_memo.envs.transforms import TRIAL_FEATURE_KEYS
-    from lightning_memo.policy import MemoPolicy
-
-    keys = cfg.policy.observation_keys
-    if keys is None:
-        base = getattr(env, "base_env", env)
-        keys = list(getattr(base, "observation_keys", ["observation"])) + list(TRIAL_FEATURE_KEYS)
+def tensorboard_available() -> bool:
     try:
-        return MemoPolicy.from_env(env, make_memory_from(cfg), observation_keys=keys, hidden=cfg.policy.hidden)
-    except ValueError as err:
-        raise ConfigError(f"policy: {err}") from None
+        import tensorboard  # noqa: F401
+    except ImportError:
+        try:
+            import tensorboardX  # noqa: F401
+        except ImportError:
+            return False
+    return True
 
 
-def _launcher_devices(cfg: RunConfig) -> tuple[str, int]:
-    """(accelerator, devices): from ``fabric run`` / torchrun's environment when launched by one."""
-    if os.environ.get("LT_CLI_USED") == "1" or "LOCAL_WORLD_SIZE" in os.environ:
-        devices = int(os.environ.get("LOCAL_WORLD_SIZE", os.environ.get("LT_DEVICES", cfg.trainer.devices)))
-        return os.environ.get("LT_ACCELERATOR", cfg.trainer.accelerator), devices
-    return cfg.trainer.accelerator, cfg.trainer.devices
+# omegaconf checks the package's own keys; the lightning.Trainer arguments are checked against its
+# signature's annotations here (a small matcher: jsonargparse, which LightningCLI uses, is not a dependency)
+def _matches(value: Any, annotation: Any) -> bool:
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if annotation in (Any, inspect.Parameter.empty):
+        return True
+    if origin is Union:
+        return any(_matches(value, a) for a in args)
+    if origin is Literal:
+        return any(value == a and type(value) is type(a) for a in args)
+    if annotation is type(None):
+        return value is None
+    if annotation is bool:
+        return isinstance(value, bool)
+    if annotation is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if annotation is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if origin in (list, tuple, collections.abc.Iterable, collections.abc.Sequence):
+        return isinstance(value, (list, tuple)) and all(_matches(v, args[0]) for v in value) if args else isinstance(value, (list, tuple))
+    if origin is dict:
+        return isinstance(value, dict)
+    if isinstance(annotation, type):
+        return isinstance(value, annotation)
+    return True  # an annotation this matcher does not read: lightning.Trainer will judge the value
 
 
-def make_trainer(cfg: RunConfig, extra_callbacks: list | None = None):
-    """The Lightning ``Trainer``: strategy, precision, loggers, checkpoints and the env-step progress bar."""
-    import lightning.pytorch as pl
-    from lightning.pytorch.callbacks import ModelCheckpoint
-    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
-    from lightning.pytorch.strategies import DDPStrategy
+def _describe(annotation: Any) -> str:
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin is Union:
+        return " or ".join(_describe(a) for a in args if a is not type(None))
+    if origin is Literal:
+        return "one of " + ", ".join(map(repr, args))
+    return getattr(annotation, "__name__", str(annotation).replace("typing.", ""))
 
-    from lightning_memo.callbacks import EnvStepProgressBar, RolloutVideo, TrialMetrics
 
-    t = cfg.trainer
-    accelerator, devices = _launcher_devices(cfg)
-    strategy: Any = t.strategy
-    if strategy == "auto" and devices > 1:
-        # find_unused_parameters: Memo's summary queries are unused while the prefix is one segment long
-        strategy = DDPStrategy(
-            find_unused_parameters=True, process_group_backend="gloo" if accelerator == "cpu" else None
-        )
-    precision = t.precision
-    if precision == "auto":
-        precision = "32-true" if accelerator == "cpu" else "bf16-mixed"
-    run_dir = Path(t.log_dir) / t.run_name
-    loggers = []
-    if "csv" in t.loggers:
-        loggers.append(CSVLogger(t.log_dir, name=t.run_name, version=""))
-    if "tensorboard" in t.loggers:
-        loggers.append(TensorBoardLogger(t.log_dir, name=t.run_name, version="", default_hp_metric=False))
-    callbacks = [TrialMetrics(t.max_logged_episodes)]
-    if t.progress_bar:
-        callbacks.append(EnvStepProgressBar())
-    if t.video_every:
-        callbacks.append(RolloutVideo(every=t.video_every, dirpath=run_dir / "videos"))
-    if t.checkpoint_every:
-        callbacks.append(
-            ModelCheckpoint(
-                dirpath=run_dir / "checkpoints",
-                filename="trial-{epoch}",
-                every_n_epochs=t.checkpoint_every,  # one epoch = one trial
-                save_last=True,
-                save_top_k=1,
-            )
-        )
-    return pl.Trainer(
-        accelerator=accelerator,
-        devices=devices,
-        strategy=strategy,
-        precision=precision,
-        max_epochs=cfg.ppo.num_trials,  # one epoch per trial
-        logger=loggers or False,
-        callbacks=callbacks + list(extra_callbacks or []),
-        enable_checkpointing=bool(t.checkpoint_every),
-        enable_progress_bar=t.progress_bar,
-        log_every_n_steps=1,
-        num_sanity_val_steps=0,
-        default_root_dir=str(run_dir),
-        enable_model_summary=False,
+def _close(word: str, candidates) -> str:
+    match = difflib.get_close_matches(word, [str(c) for c in candidates], n=1)
+    return f" (did you mean {match[0]!r}?)" if match else ""
+
+
+# ----------------------------------------------------------------------------- resume
+def checkpoints_under(t: TrainerConfig) -> list[Path]:
+    """Every ``.ckpt`` of the runs named ``run_name``, newest first."""
+    root = Path(t.log_dir) / t.run_name
+    found = list(root.glob("*/checkpoints/*.ckpt")) if root.is_dir() else []
+    return sorted(found, key=lambda p: p.stat().st_mtime, reverse=True)
+
+
+def find_checkpoint(t: TrainerConfig) -> Path:
+    """The checkpoint ``trainer.resume`` names: ``"last"`` is the newest ``last.ckpt`` of ``run_name``
+    (of ``version`` when set); otherwise an existing file. Errors list the checkpoints that exist."""
+    existing = checkpoints_under(t)
+    listing = (
+        "checkpoints that exist: " + ", ".join(str(p) for p in existing[:8]) + (" ..." if len(existing) > 8 else "")
+        if existing else f"no checkpoints exist under {Path(t.log_dir) / t.run_name}"
     )
+    if t.resume == "last":
+        last = [p for p in existing if p.name == "last.ckpt" and (t.version is None or p.parent.parent.name == t.version)]
+        where = f"{Path(t.log_dir) / t.run_name}" + (f"/{t.version}" if t.version else "")
+        check(bool(last), f"trainer.resume=last, but there is no last.ckpt under {where} ({listing}); drop trainer.resume to start a new run.")
+        return last[0]
+    path = Path(t.resume)
+    if not path.is_file():
+        hint = _close(t.resume, ["last", *map(str, existing)])
+        raise ConfigError(f"trainer.resume={t.resume!r} is neither 'last' nor an existing checkpoint file{hint}; {listing}.")
+    return path
 
 
-def train(cfg: RunConfig, extra_callbacks: list | None = None):
-    """Build everything from ``cfg`` and fit; returns ``(trainer, module)``."""
-    import lightning.pytorch as pl
+def read_checkpoint(path: Path, t: TrainerConfig) -> dict:
+    """The checkpoint at ``path`` (tensors memory-mapped), or a :class:`ConfigError` naming the file."""
     import torch
 
-    from lightning_memo.algos.ppo import MemoPPO, check_env_policy
-
-    validate_config(cfg)
-    if cfg.trainer.torch_threads:
-        torch.set_num_threads(cfg.trainer.torch_threads)
-    pl.seed_everything(cfg.seed, verbose=False)
-    env_factory = make_env_factory(cfg)
-    probe = env_factory(cfg.seed)  # specs only: fail on env/policy mismatches before the Trainer starts
-    policy = make_policy(cfg, probe)
     try:
-        check_env_policy(probe, policy, cfg.ppo)
-    except ValueError as err:
-        raise ConfigError(str(err)) from None
-    module = MemoPPO(policy, env_factory, cfg.ppo, seed=cfg.seed)
-    trainer = make_trainer(cfg, extra_callbacks)
-    trainer.fit(module, ckpt_path=cfg.trainer.resume)
-    return trainer, module
+        return torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+    except Exception as err:  # torch raises several kinds for a truncated or foreign file
+        others = [str(p) for p in checkpoints_under(t) if p.resolve() != path.resolve()]
+        raise ConfigError(
+            f"trainer.resume: cannot read checkpoint {path} ({str(err).splitlines()[0]}); it is truncated or not a "
+            f"checkpoint. Other checkpoints: {', '.join(others[:8]) or 'none'}."
+        ) from None
 
 
-def main(default_config: str, argv: List[str] | None = None):
-    """Command-line entry: ``python script.py [config=path.yaml] key=value ...``."""
-    import sys
+def resume_changes(saved: dict, current: dict, memory: str) -> tuple[list[str], list[str]]:
+    """Keys whose value differs between a checkpoint's config and this one: (refused, allowed).
 
-    args = list(sys.argv[1:] if argv is None else argv)
-    config = default_config
-    rest = []
-    for a in args:
-        if a.startswith("config="):
-            config = a.split("=", 1)[1]
+    Refused: the model, the env and the seed (``memory``, ``memories.<memory>``, ``policy.*``, ``env.*``,
+    ``seed``, ``ppo.trial_len``). Allowed: ``ppo.num_trials`` and ``trainer.*`` silently, other ``ppo.*``
+    settings (learning rate, epochs, ...) with a warning. Settings of memories not in use are ignored.
+    """
+    old, new = _flatten(saved), _flatten(current)
+    refused, allowed = [], []
+    for key in sorted(set(old) | set(new)):
+        if old.get(key) == new.get(key) or key.startswith(RESUME_SAFE):
+            continue
+        if key.startswith("memories.") and not key.startswith(f"memories.{memory}."):
+            continue
+        change = f"{key}: {old.get(key)!r} -> {new.get(key)!r}"
+        (allowed if key.startswith("ppo.") and key != "ppo.trial_len" else refused).append(change)
+    return refused, allowed
+
+
+def _flatten(data: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in data.items():
+        if isinstance(value, dict) and value:
+            out.update(_flatten(value, f"{prefix}{key}."))
         else:
-            rest.append(a)
-    trainer, module = train(load_config(config, rest))
-    if trainer.is_global_zero:
-        last = module.last_trial.get("return")
-        summary = f"last trial return {float(last):.2f}; " if last is not None else ""
-        print(f"{module.trial_index} trials, {module.env_steps} env steps; {summary}logs in {trainer.log_dir}")
-    return trainer, module
+            out[f"{prefix}{key}"] = value
+    return out
 
 
 __all__ = [
-    "ConfigError",
-    "EnvConfig",
-    "PolicyConfig",
-    "RunConfig",
-    "TrainerConfig",
-    "load_config",
-    "make_env_factory",
-    "make_policy",
-    "make_trainer",
-    "train",
-    "validate_config",
+    "ConfigError", "EnvConfig", "PolicyConfig", "RunConfig", "TrainerConfig", "find_checkpoint", "load_config",
+    "read_checkpoint", "resume_changes", "to_dict", "to_yaml", "validate_config",
 ]

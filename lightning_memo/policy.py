@@ -6,17 +6,19 @@ The policy calls its memory through the tensor API only:
 
 * acting: :meth:`MemoPolicy.act` on a ``[N]`` tensordict -> ``memory.step`` against the cache;
 * updating: :meth:`MemoPolicy.evaluate` on a ``[N, t]`` trial prefix -> ``memory.forward_sequence``;
-* after an update: :meth:`MemoPolicy.refresh` on the stored prefix -> ``memory.refresh`` (cache rebuilt
-  under the new weights) plus one eval-mode sequence pass that returns the fresh values/logits.
+* after an update: :meth:`MemoPolicy.refresh` on the stored prefix -> ``memory.refresh``, one pass that
+  rebuilds the cache under the new weights and gives the fresh values/logits.
 
-For TorchRL code (``Collector``, ``GAE``, ``ClipPPOLoss``) :meth:`MemoPolicy.torchrl_modules` builds an
-``ActorValueOperator`` over the same parameters (no copies).
+Values and log-probs are one number per step in the tensor API and the trial history (``[N]``,
+``[N, t]``, like ``action``). Only the TorchRL views of :meth:`MemoPolicy.torchrl_modules` write
+``state_value`` with TorchRL's trailing 1 (``[*, 1]``), which ``GAE`` and ``ClipPPOLoss`` expect.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from contextlib import contextmanager
+from typing import Iterator, Sequence
 
 import torch
 from tensordict import TensorDictBase
@@ -34,6 +36,46 @@ EMBED_KEY = "embed"
 MEMORY_KEY = "memory"
 IS_INIT_KEY = "is_init"
 EPISODE_START_KEY = "episode_start"
+# trial bookkeeping the trainers and metrics read; never policy inputs unless listed explicitly
+BOOKKEEPING_KEYS = (IS_INIT_KEY, EPISODE_START_KEY, "episode_end", "episode_index", "success", "spl")
+
+
+class NonFiniteError(FloatingPointError):
+    """A NaN or inf where training cannot go on; the message names the key and where it appeared."""
+
+
+def flag(td: TensorDictBase, key) -> Tensor | None:
+    """A bool flag of ``td`` without its trailing singleton (``[N,1] -> [N]``, ``[N,t,1] -> [N,t]``)."""
+    value = td.get(key, None)
+    if value is None:
+        return None
+    if value.dim() == td.batch_dims + 1 and value.shape[-1] == 1:
+        value = value.squeeze(-1)
+    return value.bool()
+
+
+def discrete_action_count(env) -> int:
+    """``n`` of the env's ``Categorical(n)`` ``"action"`` spec; a clear error for anything else."""
+    spec = env.full_action_spec[ACTION_KEY] if ACTION_KEY in env.full_action_spec.keys() else None
+    n = getattr(getattr(spec, "space", None), "n", None)
+    if spec is None or n is None or spec.dtype.is_floating_point:
+        found = type(spec).__name__ if spec is not None else "no 'action' key"
+        raise ValueError(
+            f"MemoPolicy supports discrete actions (a Categorical 'action' spec); the env has {found}. "
+            "Continuous actions are not implemented yet."
+        )
+    return int(n)
+
+
+@contextmanager
+def evaluating(module: nn.Module) -> Iterator[nn.Module]:
+    """``module`` in eval mode inside the block, its previous mode restored after."""
+    was_training = module.training
+    module.eval()
+    try:
+        yield module
+    finally:
+        module.train(was_training)
 
 
 class FlatObsEncoder(nn.Module):
@@ -50,9 +92,13 @@ class FlatObsEncoder(nn.Module):
 
     def forward(self, *obs: Tensor) -> Tensor:
         flat = []
-        for o, shape in zip(obs, self.obs_shapes):
-            batch = o.shape[: o.dim() - len(shape)]
-            flat.append(o.reshape(*batch, -1).to(self.net[0].weight.dtype))
+        for i, (o, shape) in enumerate(zip(obs, self.obs_shapes)):
+            if tuple(o.shape[o.dim() - len(shape):]) != shape:
+                raise ValueError(
+                    f"observation {i} has shape {tuple(o.shape)}, but the encoder was built for [*, "
+                    f"{', '.join(map(str, shape))}]; is this tensordict from the env the policy was built for?"
+                )
+            flat.append(o.reshape(*o.shape[: o.dim() - len(shape)], -1).to(self.net[0].weight.dtype))
         return self.net(torch.cat(flat, dim=-1))
 
 
@@ -113,34 +159,39 @@ class MemoPolicy(nn.Module):
         encoder: nn.Module | None = None,
         hidden: int = 128,
     ) -> "MemoPolicy":
-        """Read observation shapes and the action count from a TorchRL env's specs (validated)."""
-        if observation_keys is None:
-            observation_keys = list(getattr(env, "observation_keys", None) or ["observation"])
+        """Read observation shapes and the action count from a TorchRL env's specs (validated).
+
+        Without ``observation_keys`` the policy reads every observation entry except the trial
+        bookkeeping (``BOOKKEEPING_KEYS``: ``is_init``, ``episode_start``, ``episode_end``, ...).
+        """
         spec = env.full_observation_spec
-        batch_dims = len(env.batch_size)
+        available = list(spec.keys(True, True))
+        if observation_keys is None:
+            observation_keys = [k for k in available if k not in BOOKKEEPING_KEYS]
+            if not observation_keys:
+                raise ValueError(f"the env has no observation entries besides bookkeeping ({available}).")
         shapes = []
         for key in observation_keys:
-            if key not in spec.keys(True, True):
+            if key not in available:
                 raise ValueError(
                     f"observation key {key!r} is not in the env's observation spec "
-                    f"{sorted(map(str, spec.keys(True, True)))}; fix policy observation_keys."
+                    f"{sorted(map(str, available))}; fix policy observation_keys."
                 )
-            shapes.append(tuple(spec[key].shape[batch_dims:]))
-        action_spec = env.full_action_spec[ACTION_KEY] if ACTION_KEY in env.full_action_spec.keys() else None
-        n = getattr(getattr(action_spec, "space", None), "n", None)
-        if action_spec is None or n is None or action_spec.dtype.is_floating_point:
-            raise ValueError(
-                f"MemoPolicy supports discrete actions (a Categorical 'action' spec); the env has "
-                f"{type(action_spec).__name__ if action_spec is not None else 'no action key'}. Continuous "
-                "actions are not implemented yet."
-            )
-        return cls(memory, int(n), observation_keys, shapes, encoder=encoder, hidden=hidden)
+            shapes.append(tuple(spec[key].shape[len(env.batch_size):]))
+        return cls(memory, discrete_action_count(env), observation_keys, shapes, encoder=encoder, hidden=hidden)
 
     # ------------------------------------------------------------ tensor API
     def embed(self, td: TensorDictBase) -> Tensor:
         """Encode the observation keys of ``td`` (``[N]`` or ``[N, t]``) -> ``[*td.batch_size, D]``."""
         if isinstance(self.encoder, TensorDictModuleBase):
             return self.encoder(td.copy()).get(EMBED_KEY)
+        missing = [k for k in self.observation_keys if k not in td.keys(True, True)]
+        if missing:
+            raise ValueError(
+                f"the tensordict has no {missing}, which the policy reads (observation_keys="
+                f"{self.observation_keys}); it has {sorted(map(str, td.keys(True, True)))}. Is it from the env "
+                "the policy was built for?"
+            )
         return self.encoder(*[td.get(k) for k in self.observation_keys])
 
     def heads(self, h: Tensor) -> tuple[Tensor, Tensor]:
@@ -155,30 +206,50 @@ class MemoPolicy(nn.Module):
     def device(self) -> torch.device:
         return self.actor_head.weight.device
 
+    def _inputs(self, td: TensorDictBase) -> TensorDictBase:
+        return td.to(self.device) if td.device != self.device else td
+
     @torch.no_grad()
-    def act(self, td: TensorDictBase, deterministic: bool = False) -> TensorDictBase:
-        """One step for ``td [N]``: writes ``action [N]``, ``action_log_prob [N]``, ``state_value [N]``,
-        ``logits [N, A]`` (on ``td``'s device). Advances the memory cache by one step."""
-        inputs = td.to(self.device) if td.device != self.device else td
-        x = self.embed(inputs)
-        h = self.memory.step(x, _flag(inputs, IS_INIT_KEY), _flag(inputs, EPISODE_START_KEY))
+    def act(self, td: TensorDictBase, deterministic: bool = False, with_logits: bool = True) -> TensorDictBase:
+        """One step for ``td [N]``: writes ``action [N]``, ``action_log_prob [N]``, ``state_value [N]`` and,
+        with ``with_logits``, ``logits [N, A]`` (on ``td``'s device). Advances the memory cache by one step.
+
+        Raises :class:`NonFiniteError` naming the observation key when the logits are not finite.
+        """
+        inputs = self._inputs(td)
+        h = self.memory.step(self.embed(inputs), flag(inputs, IS_INIT_KEY), flag(inputs, EPISODE_START_KEY))
         logits, value = self.heads(h)
+        if not bool(torch.isfinite(logits).all()):
+            raise NonFiniteError(self._non_finite_source(inputs))
         dist = Categorical(logits=logits.float())
         action = logits.argmax(-1) if deterministic else dist.sample()
-        out = {ACTION_KEY: action, LOG_PROB_KEY: dist.log_prob(action), VALUE_KEY: value.float(), LOGITS_KEY: logits.float()}
-        for key, value in out.items():
-            td.set(key, value.to(td.device) if td.device is not None else value)
+        out = {ACTION_KEY: action, LOG_PROB_KEY: dist.log_prob(action), VALUE_KEY: value.float()}
+        if with_logits:
+            out[LOGITS_KEY] = logits.float()
+        for key, tensor in out.items():
+            td.set(key, tensor.to(td.device) if td.device is not None else tensor)
         return td
+
+    @torch.no_grad()
+    def peek_value(self, td: TensorDictBase) -> Tensor:
+        """``V(s)`` ``[N]`` for the states ``td [N]`` the policy would act on next, from a copy of the
+        memory cache (one eval-mode step; the cache itself does not advance)."""
+        inputs = self._inputs(td)
+        with evaluating(self):
+            h = self.memory.step(
+                self.embed(inputs), flag(inputs, IS_INIT_KEY), flag(inputs, EPISODE_START_KEY),
+                cache=self.memory.cache_state(),
+            )
+            return self.heads(h)[1].float()
 
     def evaluate(self, td: TensorDictBase, segment_len: int | None = None) -> tuple[Tensor, Tensor]:
         """Sequence mode over a trial prefix ``td [N, t]`` -> (logits ``[N, t, A]``, values ``[N, t]``).
 
         In training mode the memory draws its own (randomised) segment length unless one is given.
         """
-        td = td.to(self.device) if td.device != self.device else td
-        x = self.embed(td)
+        td = self._inputs(td)
         h = self.memory.forward_sequence(
-            x, _flag(td, IS_INIT_KEY), segment_len=segment_len, episode_start=_flag(td, EPISODE_START_KEY)
+            self.embed(td), flag(td, IS_INIT_KEY), segment_len=segment_len, episode_start=flag(td, EPISODE_START_KEY)
         )
         return self.heads(h)
 
@@ -186,21 +257,22 @@ class MemoPolicy(nn.Module):
     def refresh(self, td: TensorDictBase) -> tuple[Tensor, Tensor]:
         """Flush the cache and rebuild it from the prefix ``td [N, t]`` under the current weights.
 
-        Returns fresh (logits ``[N, t, A]``, values ``[N, t]``) from an eval-mode sequence pass (fixed
-        segment length, no layer drop), used to overwrite stale stored values.
+        One eval-mode pass (fixed segment length, no layer drop) that also returns the fresh (logits
+        ``[N, t, A]``, values ``[N, t]``) used to overwrite stale stored values.
         """
-        was_training = self.training
-        self.eval()
-        try:
-            td = td.to(self.device) if td.device != self.device else td
-            x = self.embed(td)
-            is_init, episode_start = _flag(td, IS_INIT_KEY), _flag(td, EPISODE_START_KEY)
-            self.memory.refresh(x, is_init, episode_start)
-            h = self.memory.forward_sequence(x, is_init, episode_start=episode_start)
+        td = self._inputs(td)
+        with evaluating(self):
+            h = self.memory.refresh(self.embed(td), flag(td, IS_INIT_KEY), flag(td, EPISODE_START_KEY))
             logits, values = self.heads(h)
-        finally:
-            self.train(was_training)
         return logits.float(), values.float()
+
+    def _non_finite_source(self, td: TensorDictBase) -> str:
+        for key in self.observation_keys:
+            value = td.get(key, None)
+            if value is not None and value.is_floating_point() and not bool(torch.isfinite(value).all()):
+                rows = (~torch.isfinite(value.reshape(value.shape[0], -1))).any(-1).nonzero().flatten().tolist()
+                return f"non-finite values in observation {key!r} (env rows {rows})"
+        return "non-finite policy output while the observations are finite (NaN/inf inside the memory or the weights)"
 
     # ------------------------------------------------------------ TorchRL face
     def torchrl_modules(self) -> tuple[TensorDictModuleBase, TensorDictModuleBase, TensorDictModuleBase]:
@@ -208,9 +280,9 @@ class MemoPolicy(nn.Module):
 
         ``actor_value`` is an ``ActorValueOperator`` (one memory call computes both heads): use it when
         acting, since every call in step mode advances the cache. ``actor`` is a ``ProbabilisticActor``
-        (Categorical over ``logits``) and ``critic`` a ``ValueOperator``; under
-        ``torchrl.modules.set_recurrent_mode(True)`` they run sequence mode on ``[N, T]`` tensordicts,
-        which is what ``ClipPPOLoss`` and ``GAE`` need.
+        (Categorical over ``logits``) and ``critic`` a ``ValueOperator`` writing ``state_value [*, 1]``;
+        under ``torchrl.modules.set_recurrent_mode(True)`` they run sequence mode on ``[N, T]``
+        tensordicts, which is what ``ClipPPOLoss`` and ``GAE`` need.
         """
         from torchrl.modules import ActorValueOperator, ProbabilisticActor, ValueOperator
 
@@ -231,27 +303,6 @@ class MemoPolicy(nn.Module):
             return_log_prob=True,
             log_prob_key=LOG_PROB_KEY,
         )
-        critic = ValueOperator(_ValueHead(self.critic_head), in_keys=[MEMORY_KEY])
+        critic = ValueOperator(self.critic_head, in_keys=[MEMORY_KEY])  # [*, D] -> state_value [*, 1]
         actor_value = ActorValueOperator(common, actor, critic)
         return actor_value, actor_value.get_policy_operator(), actor_value.get_value_operator()
-
-
-class _ValueHead(nn.Module):
-    """The critic head as a ``[*, D] -> [*, 1]`` module (TorchRL stores values with a trailing 1)."""
-
-    def __init__(self, head: nn.Linear) -> None:
-        super().__init__()
-        self.head = head
-
-    def forward(self, h: Tensor) -> Tensor:
-        return self.head(h)
-
-
-def _flag(td: TensorDictBase, key: str) -> Tensor | None:
-    """A bool flag of ``td`` without its trailing singleton (``[N,1] -> [N]``, ``[N,t,1] -> [N,t]``)."""
-    flag = td.get(key, None)
-    if flag is None:
-        return None
-    if flag.dim() == td.batch_dims + 1 and flag.shape[-1] == 1:
-        flag = flag.squeeze(-1)
-    return flag.bool()

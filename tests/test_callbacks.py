@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from lightning_memo.callbacks import CacheRefresh, TrialCallback, TrialMetrics, shuffled_episode_order, trial_metrics
+from lightning_memo.callbacks import CacheRefresh, TrialCallback, TrialMetrics
+from lightning_memo.rollout import shuffled_episode_order, trial_metrics
 from tests.scripts.tiny import tiny_module, tiny_trainer
 
 

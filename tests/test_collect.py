@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from lightning_memo.collect import TrialCollector
+from lightning_memo.rollout import TrialCollector
 from tests.scripts.tiny import TRIAL_LEN, env_factory, tiny_policy
 
 

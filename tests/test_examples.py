@@ -9,13 +9,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from lightning_memo.config import ConfigError, load_config, train
+from lightning_memo.config import ConfigError, load_config
+from lightning_memo.train import train
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = [
     "env.num_envs=2", "env.trial_len=40", "env.kwargs.episode_len=10", "ppo.update_every=20", "ppo.epochs=1",
     "ppo.num_minibatches=1", "ppo.num_trials=2", "policy.d_model=16", "policy.hidden=16",
-    "memories.memo.segment_len=8", "trainer.torch_threads=1", "trainer.progress_bar=false",
+    "memories.memo.segment_len=8", "trainer.torch_threads=1", "trainer.enable_progress_bar=false",
 ]
 
 
@@ -27,10 +28,10 @@ def _run(args, tmp_path, launcher=(sys.executable,), timeout=300):
 
 
 def test_dark_key_to_door_cli(tmp_path):
-    args = [*TINY, "trainer.progress_bar=true", "trainer.video_every=2", f"trainer.log_dir={tmp_path}"]
+    args = [*TINY, "trainer.enable_progress_bar=true", "trainer.video_every=2", f"trainer.log_dir={tmp_path}"]
     proc = _run([str(ROOT / "examples/dark_key_to_door.py"), *args], tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    run = tmp_path / "dark_key_to_door"
+    run = tmp_path / "dark_key_to_door" / "version_0"  # the first run of this run name
     rows = list(csv.DictReader(open(run / "metrics.csv")))
     assert any(r.get("trial/return") for r in rows) and any(r.get("train/loss") for r in rows)
     assert (run / "checkpoints" / "last.ckpt").exists()

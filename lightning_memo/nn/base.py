@@ -127,6 +127,10 @@ class SequenceMemory(TensorDictModuleBase):
     ) -> Tensor:
         """Sequence mode. ``x [B,T,D]``, ``is_init/episode_start [B,T] bool`` -> ``[B,T,D]``."""
         self._check_x(x, rank=3, name="x")
+        if x.shape[0] == 0 or x.shape[1] == 0:
+            raise ValueError(
+                f"x has shape {tuple(x.shape)}: sequence mode needs at least one row and one step (B, T >= 1)."
+            )
         trials, episode_start, index = self._pack(x, is_init, episode_start)
         out = self._sequence(trials, segment_len=segment_len, episode_start=episode_start)
         return out if index is None else unpack_trials(out, index, x.shape[:2])

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from lightning_memo.algos.losses import clipped_policy_loss, explained_variance, masked_mean, trial_gae, value_loss
+from lightning_memo.algos.ppo.losses import clipped_policy_loss, explained_variance, masked_mean, trial_gae, value_loss
 from lightning_memo.algos.ppo import PPOConfig, warmup_cosine
 
 

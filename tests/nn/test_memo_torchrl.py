@@ -66,3 +66,10 @@ def test_inside_a_torchrl_collector_with_a_real_env():
     with torch.no_grad():
         replay = memo.forward_sequence(batch["embed"][None], is_init[None])[0]
     torch.testing.assert_close(batch["memory"], replay, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("shape", [(3, 0, D), (0, 5, D)])
+def test_forward_sequence_on_empty_input_names_the_shape(shape):
+    memo = MemoMemory(d_model=D, n_heads=2, segment_len=4, summary_len=2)
+    with pytest.raises(ValueError, match=r"at least one row and one step"):
+        memo.forward_sequence(torch.randn(*shape))

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import torch
 
-from lightning_memo.config import load_config, train
+from lightning_memo.config import load_config
+from lightning_memo.train import train
 
 args = sys.argv[1:]
 out = Path(next(a for a in args if a.startswith("out=")).split("=", 1)[1])

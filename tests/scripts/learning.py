@@ -12,13 +12,8 @@ import csv
 import sys
 from pathlib import Path
 
-import lightning.pytorch as pl
-import torch
-
-from lightning_memo.algos.ppo import MemoPPO
-from lightning_memo.config import load_config, make_env_factory, make_memory_from, make_trainer
-from lightning_memo.envs.transforms import TRIAL_FEATURE_KEYS
-from lightning_memo.policy import MemoPolicy
+from lightning_memo.config import load_config
+from lightning_memo.train import train
 
 # A one-layer Memo (4 segments of 50 steps per trial, 4 summary tokens), two updates per trial (one
 # partial + refresh, one full). Measured on this task (docs/training.md): 16 minibatches of one env each
@@ -35,24 +30,17 @@ def run(memory: str, num_trials: int, log_dir: str, seed: int = 0, extra: list[s
     """Train ``memory`` (``"none"``: the memoryless control) for ``num_trials``; returns the per-trial rows."""
     overrides = [
         f"ppo.num_trials={num_trials}", f"trainer.log_dir={log_dir}", f"trainer.run_name={memory}",
-        "trainer.progress_bar=false", "trainer.torch_threads=1", "trainer.checkpoint_every=0",
+        "trainer.enable_progress_bar=false", "trainer.torch_threads=1", "trainer.checkpoint_every=0",
         "trainer.loggers=[csv]", f"seed={seed}", *(extra or []),
     ]
-    cfg = load_config("dark_key_to_door", [f"memory={memory}", *overrides])
-    torch.set_num_threads(1)
-    pl.seed_everything(seed, verbose=False)
-    factory = make_env_factory(cfg)
-    core = make_memory_from(cfg)
-    env = factory(seed)
-    policy = MemoPolicy.from_env(env, core, ["observation", *TRIAL_FEATURE_KEYS], hidden=cfg.policy.hidden)
-    module = MemoPPO(policy, factory, cfg.ppo, seed=seed)
-    make_trainer(cfg).fit(module)
+    train(load_config("dark_key_to_door", [f"memory={memory}", *overrides]))
     return read_rows(log_dir, memory)
 
 
 def read_rows(log_dir: str | Path, memory: str) -> list[dict]:
-    """The per-trial rows (those with a ``trial/return``) of a finished run's ``metrics.csv``."""
-    with open(Path(log_dir) / memory / "metrics.csv") as f:
+    """The per-trial rows (those with a ``trial/return``) of the latest run of ``memory`` under ``log_dir``."""
+    runs = sorted((Path(log_dir) / memory).glob("version_*"), key=lambda p: int(p.name.split("_")[1]))
+    with open(runs[-1] / "metrics.csv") as f:
         return [r for r in csv.DictReader(f) if r.get("trial/return")]
 
 

@@ -1,0 +1,258 @@
+"""MemoPPO: PPO with partial updates and cache refresh (the ReLIC recipe Memo was trained with).
+
+One training step = one trial of ``T = trial_len`` steps on ``N`` envs (:class:`TrialModule`):
+
+1. ``start_trial()``: seeded env reset, empty memory.
+2. Every ``U = update_every`` steps: collect ``U`` steps in step mode, then :meth:`MemoPPO.update`:
+   GAE over the prefix ``[0, t)`` (bootstrapped with the current ``V(s_t)``, cut at inner episodes),
+   ``epochs`` passes over minibatches of whole env sequences; each forward reads the whole prefix in
+   sequence mode (segment randomisation on) and the loss is masked to the new window ``[t-U, t)``;
+   the last update of the trial covers all ``T`` steps. Gradients are accumulated over
+   ``grad_accumulation`` minibatches, clipped to ``max_grad_norm``, Adam steps, and the LR schedule
+   (linear warm-up, cosine decay) steps with it.
+3. After every update but the trial's last, the ``on_policy_update`` hook: the :class:`CacheRefresh`
+   callback calls ``refresh_cache()`` (cache and stored values rebuilt under the new weights).
+4. ``end_trial()``: counters, ``on_trial_end`` (trial metrics).
+"""
+
+from __future__ import annotations
+
+import math
+from contextlib import nullcontext
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+from torch.distributions import Categorical
+from torchrl.envs import EnvBase
+
+from lightning_memo.algos.base import EnvSource, TrialModule, require
+from lightning_memo.algos.ppo.losses import clipped_policy_loss, explained_variance, masked_mean, trial_gae, value_loss
+from lightning_memo.callbacks import CacheRefresh
+from lightning_memo.policy import ACTION_KEY, LOG_PROB_KEY, VALUE_KEY, MemoPolicy, discrete_action_count, flag
+from lightning_memo.rollout import env_attribute
+
+
+@dataclass
+class PPOConfig:
+    """PPO with partial updates. Defaults follow the reference recipe."""
+
+    trial_len: int = 4096  # T: steps per trial (must match the env)
+    update_every: int = 256  # U: steps between partial updates; must divide trial_len
+    epochs: int = 4
+    num_minibatches: int = 1  # env sequences are split into this many minibatches per epoch
+    grad_accumulation: int = 1  # minibatches per optimiser step; must divide num_minibatches
+    gamma: float = 0.99
+    lmbda: float = 0.95
+    cut_episodes: bool = True  # GAE cut at inner-episode ends (False: bootstrap across, RL^2-style)
+    normalize_advantages: bool = False
+    clip_eps: float = 0.2
+    value_coef: float = 0.5
+    value_clip: Optional[float] = None  # clipped-value loss when set (e.g. 0.2)
+    entropy_coef: float = 0.01
+    max_grad_norm: float = 0.2
+    lr: float = 4e-4
+    adam_eps: float = 1e-5
+    warmup_steps: int = 100  # optimiser steps of linear warm-up
+    min_lr_ratio: float = 0.0  # cosine decays to lr * min_lr_ratio
+    num_trials: int = 100  # trials per rank; the LR schedule spans them
+    refresh: bool = True  # add CacheRefresh (re-encode after each partial update); false warns: stale cache
+    refresh_log_probs: bool = False  # also overwrite stored behaviour log-probs at refresh
+    shuffle_episodes: bool = False  # shuffle completed inner episodes before the refresh (ReLIC option)
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` naming ``ppo.<key>`` for a setting that cannot work."""
+        for key in ("trial_len", "update_every", "epochs", "num_minibatches", "grad_accumulation", "num_trials"):
+            v = getattr(self, key)
+            require(isinstance(v, int) and not isinstance(v, bool) and v >= 1, f"ppo.{key}: must be an integer >= 1, got {v!r}.")
+        require(self.warmup_steps >= 0, f"ppo.warmup_steps: must be >= 0, got {self.warmup_steps}.")
+        divisor = max(d for d in range(1, min(self.trial_len, self.update_every) + 1) if self.trial_len % d == 0)
+        require(
+            self.trial_len % self.update_every == 0,
+            f"ppo.update_every: must divide trial_len={self.trial_len}, got {self.update_every} (e.g. {divisor}).",
+        )
+        require(
+            self.num_minibatches % self.grad_accumulation == 0,
+            f"ppo.grad_accumulation: must divide num_minibatches={self.num_minibatches}, got {self.grad_accumulation}.",
+        )
+        for key in ("gamma", "lmbda", "min_lr_ratio"):
+            require(0.0 <= getattr(self, key) <= 1.0, f"ppo.{key}: must be in [0, 1], got {getattr(self, key)}.")
+        for key in ("clip_eps", "lr", "adam_eps", "max_grad_norm"):
+            require(getattr(self, key) > 0, f"ppo.{key}: must be > 0, got {getattr(self, key)}.")
+        for key in ("value_coef", "entropy_coef"):
+            require(getattr(self, key) >= 0, f"ppo.{key}: must be >= 0, got {getattr(self, key)}.")
+        require(self.value_clip is None or self.value_clip > 0, "ppo.value_clip: must be > 0 or null (no clipping).")
+
+    @property
+    def updates_per_trial(self) -> int:
+        return self.trial_len // self.update_every
+
+    @property
+    def optimizer_steps_per_trial(self) -> int:
+        return self.updates_per_trial * self.epochs * (self.num_minibatches // self.grad_accumulation)
+
+
+def warmup_cosine(step: int, warmup: int, total: int, min_ratio: float = 0.0) -> float:
+    """LR multiplier: linear warm-up over ``warmup`` steps, then cosine decay to ``min_ratio`` at ``total``."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+class MemoPPO(TrialModule):
+    """PPO with partial updates and cache refresh over batched trials.
+
+    Args:
+        policy: a :class:`MemoPolicy`.
+        env: a batched env ``[N]`` with the trial features applied, or a factory ``seed -> env``
+            (called once per rank in ``setup``).
+        cfg: :class:`PPOConfig`.
+        seed: base seed for the env trials (ranks and trials get distinct seeds).
+    """
+
+    state_key = "memo_ppo"
+
+    def __init__(self, policy: MemoPolicy, env: EnvSource, cfg: PPOConfig, seed: int = 0):
+        cfg.validate()
+        super().__init__(policy, env, cfg.trial_len, cfg.num_trials, seed)
+        self.automatic_optimization = False
+        self.cfg = cfg
+
+    def check_env(self, env: EnvBase) -> None:
+        check_env_policy(env, self.policy, self.cfg)
+
+    def default_cache_refresh(self) -> CacheRefresh | None:
+        cfg = self.cfg
+        return CacheRefresh(refresh_log_probs=cfg.refresh_log_probs, shuffle_episodes=cfg.shuffle_episodes) if cfg.refresh else None
+
+    def configure_optimizers(self):
+        cfg = self.cfg
+        opt = torch.optim.Adam(self.policy.parameters(), lr=cfg.lr, eps=cfg.adam_eps)
+        total = cfg.num_trials * cfg.optimizer_steps_per_trial
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_cosine(s, cfg.warmup_steps, total, cfg.min_lr_ratio))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    # ------------------------------------------------------------- one trial
+    def training_step(self, batch: int, batch_idx: int) -> None:
+        U, T = self.cfg.update_every, self.cfg.trial_len
+        self.start_trial()
+        for t in range(U, T + 1, U):
+            self.collect(U)
+            last = t == T
+            stats = self.update(window_start=0 if last else t - U, bootstrap=not last)
+            if not last:
+                self.call_trial_hook("on_policy_update")  # CacheRefresh: self.refresh_cache()
+        self.end_trial()
+        self.log_dict({f"train/{k}": v for k, v in stats.items()}, on_step=True, sync_dist=True)
+        self.log("env_steps", float(self.env_steps), on_step=True)
+
+    def update(self, window_start: int, bootstrap: bool = True) -> dict[str, float]:
+        """One PPO update on the prefix ``[0, t)``, loss on ``[window_start, t)``; returns mean stats."""
+        cfg, policy, collector = self.cfg, self.policy, self.collector
+        history = collector.history.to(self.device)  # envs may live on another device than the model
+        N, t = history.shape
+        # 1. advantages over the whole prefix, bootstrapped with V(s_t) (one step from the live cache)
+        last_value = policy.peek_value(collector.pending) if bootstrap else torch.zeros(N, device=self.device)
+        values = history.get(VALUE_KEY).float()
+        advantages, returns = trial_gae(
+            history.get(("next", "reward")).reshape(N, t).float(),
+            values,
+            last_value.to(values.device),
+            flag(history, ("next", "episode_end")),
+            flag(history, ("next", "done")),
+            cfg.gamma,
+            cfg.lmbda,
+            cfg.cut_episodes,
+        )
+        window = torch.zeros(N, t, dtype=torch.bool, device=history.device)
+        window[:, window_start:] = True
+        if cfg.normalize_advantages:
+            advantages = (advantages - advantages[window].mean()) / (advantages[window].std() + 1e-8)
+        old_log_prob = history.get(LOG_PROB_KEY).float()
+        actions = history.get(ACTION_KEY).reshape(N, t)
+
+        # 2. epochs over minibatches of whole env sequences
+        opt, sched = self.optimizers(), self.lr_schedulers()
+        policy.train()
+        sums: dict[str, float] = {}
+        n_mb = 0
+        for _ in range(cfg.epochs):
+            order = torch.randperm(N, device=history.device)
+            for i, idx in enumerate(order.tensor_split(cfg.num_minibatches)):
+                logits, new_values = policy.evaluate(history[idx])
+                dist = Categorical(logits=logits.float())
+                mask = window[idx]
+                pg_loss, clip_frac, approx_kl = clipped_policy_loss(
+                    dist.log_prob(actions[idx]), old_log_prob[idx], advantages[idx], mask, cfg.clip_eps
+                )
+                v_loss = value_loss(new_values.float(), values[idx], returns[idx], mask, cfg.value_clip)
+                entropy = masked_mean(dist.entropy(), mask)
+                loss = pg_loss + cfg.value_coef * v_loss - cfg.entropy_coef * entropy
+                terms = {"policy_loss": pg_loss, "value_loss": v_loss, "entropy": entropy, "loss": loss,
+                         "clip_fraction": clip_frac, "approx_kl": approx_kl}
+                for k, v in terms.items():  # the first non-finite term names the problem
+                    value = float(v.detach())
+                    if not math.isfinite(value):
+                        raise self.non_finite(f"non-finite {k} ({value}) in the PPO update at trial step {t}")
+                    sums[k] = sums.get(k, 0.0) + value
+                step_now = (i + 1) % cfg.grad_accumulation == 0
+                # accumulate locally; DDP all-reduces once, in the backward that precedes the step
+                with nullcontext() if step_now else _no_backward_sync(self.trainer.strategy):
+                    self.manual_backward(loss / cfg.grad_accumulation)
+                if step_now:
+                    self._check_gradients(t)
+                    self.clip_gradients(opt, gradient_clip_val=cfg.max_grad_norm, gradient_clip_algorithm="norm")
+                    opt.step()
+                    opt.zero_grad()
+                    sched.step()
+                n_mb += 1
+        stats = {k: v / n_mb for k, v in sums.items()}
+        stats["explained_variance"] = float(explained_variance(values, returns, window))
+        stats["lr"] = sched.get_last_lr()[0]
+        return stats
+
+    def _check_gradients(self, t: int) -> None:
+        """Stop on a NaN/inf gradient, naming the first parameter that has one (before clipping, which
+        would spread it to all; 16-bit mixed precision skips such steps by design, so it is not checked)."""
+        if str(self.trainer.precision) == "16-mixed":
+            return
+        grads = [p.grad for p in self.policy.parameters() if p.grad is not None]
+        if grads and not bool(torch.isfinite(torch.nn.utils.get_total_norm(grads))):
+            name = next(n for n, p in self.policy.named_parameters() if p.grad is not None and not p.grad.isfinite().all())
+            raise self.non_finite(f"non-finite gradient of policy.{name} in the PPO update at trial step {t}")
+
+
+def _no_backward_sync(strategy):
+    """The strategy's "skip the gradient all-reduce" context (DDP's ``no_sync``); a no-op on one device."""
+    block = getattr(strategy, "block_backward_sync", None)
+    return block() if block is not None else nullcontext()
+
+
+def check_env_policy(env: EnvBase, policy: MemoPolicy, cfg: PPOConfig) -> None:
+    """Fail before training when the env and the policy/config do not fit together, naming the problem."""
+    if len(env.batch_size) != 1:
+        raise ValueError(f"the env must be batched with batch_size [N]; got {list(env.batch_size)}.")
+    if env.batch_size[0] < cfg.num_minibatches:
+        raise ValueError(
+            f"ppo.num_minibatches={cfg.num_minibatches} exceeds the env's {env.batch_size[0]} envs (minibatches are "
+            "whole env sequences); lower ppo.num_minibatches or use more envs."
+        )
+    obs_keys = set(env.full_observation_spec.keys(True, True))
+    missing = [k for k in policy.observation_keys if k not in obs_keys]
+    if missing:
+        raise ValueError(f"the policy reads observation keys {missing} the env does not produce ({sorted(map(str, obs_keys))}).")
+    for key in ("is_init", "episode_start"):
+        if key not in obs_keys:
+            raise ValueError(
+                f"the env has no {key!r} entry; wrap it with lightning_memo.envs.transforms.make_trial_env "
+                "(InitTracker + trial features)."
+            )
+    if "episode_end" not in obs_keys:
+        raise ValueError("the env has no 'episode_end' flag; MemoPPO cuts GAE at inner episodes and needs it.")
+    n = discrete_action_count(env)
+    if n != policy.num_actions:
+        raise ValueError(f"the env has {n} actions but the policy's actor head has {policy.num_actions}.")
+    trial_len = env_attribute(env, "trial_len")
+    if trial_len is not None and trial_len != cfg.trial_len:
+        raise ValueError(f"ppo.trial_len={cfg.trial_len} but the env's trial_len is {trial_len}; set them equal.")
