@@ -8,7 +8,8 @@ trial hooks on every callback that defines them (see :class:`TrialCallback`):
 * ``on_policy_update(trainer, module, collector)`` after every partial update (weights changed, the
   trial goes on): :class:`CacheRefresh` decides here whether to call ``module.refresh_cache()``;
 * ``on_trial_end(trainer, module, collector)`` after the trial's final update: :class:`TrialMetrics`
-  logs return/success/SPL overall and by inner-episode index.
+  logs return/success/SPL overall and by inner-episode index; :class:`EvaluationCallback` runs held-out
+  evaluation trials on a cache of its own.
 
 Callbacks talk to the module through its public methods and counters (``refresh_cache``,
 ``flush_cache``, ``trial_index``, ``env_steps``, ``num_trials``, ``trial_len``).
@@ -166,6 +167,47 @@ def _renderer(env):
             "ObjNavGridEnv have one); add that method to your env or drop the callback."
         )
     return render
+
+
+class EvaluationCallback(TrialCallback):
+    """Every ``every`` training trials, ``num_trials`` evaluation trials on held-out seeds, logged as
+    ``eval/return``, ``eval/successes``, ``eval/spl``, ``eval/episode_return/k``, ``eval/cache_bytes_per_env``
+    and ``eval/step_ms`` beside the training metrics.
+
+    The evaluation runs on the training env between trials (the next training trial reseeds and resets it)
+    and steps a cache of its own (``memory.new_cache``); sampled actions (``greedy=False``) use a generator
+    of their own. So training goes on exactly as without the callback. Seeds: see
+    :func:`lightning_memo.evaluate.held_out_seed` (rank ``r`` of ``W`` evaluates its own share).
+    """
+
+    def __init__(self, every: int = 50, num_trials: int = 1, greedy: bool = True, max_episodes: int = 10) -> None:
+        for name, value in (("every", every), ("num_trials", num_trials)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"EvaluationCallback: {name} must be an integer >= 1, got {value!r}.")
+        self.every, self.num_trials, self.greedy, self.max_episodes = every, num_trials, greedy, max_episodes
+        self.generator = torch.Generator()
+        self.last: dict[str, float] = {}  # the latest evaluation's metrics (this rank)
+
+    def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self.generator.manual_seed(pl_module.seed + trainer.global_rank)
+
+    def on_trial_end(self, trainer: Trainer, pl_module: LightningModule, collector: TrialCollector) -> None:
+        if pl_module.trial_index % self.every:
+            return
+        from lightning_memo.evaluate import held_out_seed, run_trials, summarize, trial_rows
+
+        rank, world = trainer.global_rank, trainer.world_size
+        seeds = lambda j: held_out_seed(pl_module.seed, j, collector.num_envs, rank, world)  # noqa: E731
+        record = run_trials(
+            pl_module.policy, collector.env, pl_module.trial_len, self.num_trials, seeds, self.greedy, self.generator
+        )
+        self.last = {k: v for k, v in summarize(trial_rows(record, seeds)).items() if k != "return_std"}
+        pl_module.log_dict({f"eval/{k}": v for k, v in self.last.items()}, on_step=True, sync_dist=True)
+        stats = torch.stack([torch.stack(episode_stats(h, self.max_episodes)) for h in record.histories]).sum(0)
+        returns, _, counts = trainer.strategy.reduce(stats.to(pl_module.device), reduce_op="sum").cpu()
+        for k in range(self.max_episodes):
+            if counts[k] > 0:
+                pl_module.log(f"eval/episode_return/{k}", float(returns[k] / counts[k]), on_step=True)
 
 
 class EnvStepProgressBar(ProgressBar):

@@ -27,6 +27,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from lightning_memo.algos.base import require
 from lightning_memo.algos.ppo import PPOConfig
+from lightning_memo.policy import PREVIOUS_STEP_KEYS
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 LOGGERS = ("csv", "tensorboard")
@@ -53,10 +54,12 @@ check = partial(require, error=ConfigError)
 
 @dataclass
 class EnvConfig:
-    name: str = "dark_key_to_door"  # a name of lightning_memo.envs.ENV_NAMES
+    name: str = "dark_key_to_door"  # a name of lightning_memo.envs.ENV_NAMES or a registered gymnasium id
     num_envs: int = 8  # envs per rank
-    trial_len: int = 200  # steps per trial
-    kwargs: Dict[str, Any] = field(default_factory=dict)  # forwarded to the env (size, episode_len, ...)
+    trial_len: int = 200  # steps per trial (a gymnasium id's episodic trials: the cap, >= its episode limit)
+    # forwarded to the env: a task's options (size, episode_len, ...), or for a gymnasium id
+    # GymTrialEnv's mode and observation_key plus the gymnasium.make arguments
+    kwargs: Dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -64,6 +67,8 @@ class PolicyConfig:
     d_model: int = 64  # memory width (overrides memories.<name>.d_model)
     hidden: int = 128  # hidden width of the default MLP encoder
     observation_keys: Optional[List[str]] = None  # default: every observation entry except trial bookkeeping
+    # read prev_action and prev_reward (they hold one step of memory); null: yes, except for memory=none
+    previous_step: Optional[bool] = None
 
 
 @dataclass
@@ -77,6 +82,7 @@ class TrainerConfig:
     checkpoint_every: int = 1  # trials between checkpoints (0: none)
     resume: Optional[str] = None  # "last" (the latest run of run_name, or of version) or a .ckpt path
     torch_threads: Optional[int] = None  # torch.set_num_threads (tiny models on shared CPUs: 1)
+    max_env_steps: Optional[int] = None  # stop after the trial that reaches this many env steps (null: ppo.num_trials)
     max_logged_episodes: int = 10  # inner-episode indices with their own metrics
     video_every: int = 0  # save every k-th training trial of env 0 as a GIF under <run>/videos (0: off)
     lightning: Dict[str, Any] = field(default_factory=dict)  # the lightning.Trainer arguments (filled by load)
@@ -156,6 +162,11 @@ def validate_config(cfg: RunConfig) -> None:
         "whole env sequences); lower ppo.num_minibatches or raise env.num_envs.",
     )
     check(cfg.policy.d_model >= 1 and cfg.policy.hidden >= 1, "policy.d_model and policy.hidden must be >= 1.")
+    leaky = [k for k in (cfg.policy.observation_keys or []) if k in PREVIOUS_STEP_KEYS]
+    check(
+        cfg.policy.previous_step is not False or not leaky,
+        f"policy.previous_step=false but policy.observation_keys lists {leaky}; drop one of the two settings.",
+    )
     _validate_memory_args(cfg)
     _validate_trainer(cfg.trainer)
 
@@ -163,7 +174,9 @@ def validate_config(cfg: RunConfig) -> None:
 def _validate_env(cfg: RunConfig) -> None:
     """``env.name``: a built-in task or a registered gymnasium id; ``env.kwargs`` of a built-in task
     checked against the types of its options (their names and values are checked when it is built)."""
-    from lightning_memo.envs.gym_trial import is_gym_id
+    import gymnasium
+
+    from lightning_memo.envs.gym_trial import MODES, is_gym_id
     from lightning_memo.envs.registry import ENV_NAMES, ENVS
 
     name = cfg.env.name
@@ -172,8 +185,13 @@ def _validate_env(cfg: RunConfig) -> None:
             known = is_gym_id(name)
         except ImportError as err:
             raise ConfigError(f"env.name={name!r}: {err}") from None
-        check(known, f"env.name={name!r} is unknown{_close(name, ENV_NAMES)}; choose one of {list(ENV_NAMES)} or a "
-                     "registered gymnasium id.")
+        check(known, f"env.name={name!r} is unknown{_close(name, [*ENV_NAMES, *gymnasium.registry])}; choose one of "
+                     f"{list(ENV_NAMES)} or a registered gymnasium id (POPGym's popgym-*, MiniGrid's MiniGrid-* "
+                     "are imported on demand).")
+        mode = cfg.env.kwargs.get("mode", "episodic")
+        check(mode in MODES, f"env.kwargs.mode={mode!r} is not a trial mode; choose one of {list(MODES)}.")
+        key = cfg.env.kwargs.get("observation_key")
+        check(key is None or isinstance(key, str), f"env.kwargs.observation_key={key!r} must be a Dict entry's name.")
         return
     cls = ENVS[name].batched
     types = {**_type_hints(getattr(cls, "config_cls", None)), **_type_hints(cls.__init__)}
@@ -213,7 +231,9 @@ def _validate_trainer(t: TrainerConfig) -> None:
         check(tensorboard_available(), "trainer.loggers includes tensorboard, which is not installed: pip install tensorboard.")
     for key in ("checkpoint_every", "video_every", "max_logged_episodes"):
         check(getattr(t, key) >= 0, f"trainer.{key} must be >= 0 (0: off), got {getattr(t, key)}.")
-    check(t.torch_threads is None or t.torch_threads >= 1, f"trainer.torch_threads must be >= 1 or null, got {t.torch_threads}.")
+    for key in ("torch_threads", "max_env_steps"):
+        value = getattr(t, key)
+        check(value is None or value >= 1, f"trainer.{key} must be >= 1 or null, got {value}.")
     log_dir = Path(t.log_dir)
     check(not log_dir.exists() or log_dir.is_dir(), f"trainer.log_dir={t.log_dir!r} exists and is not a directory.")
     for key in ("run_name", "version"):

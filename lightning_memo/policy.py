@@ -37,7 +37,9 @@ MEMORY_KEY = "memory"
 IS_INIT_KEY = "is_init"
 EPISODE_START_KEY = "episode_start"
 # trial bookkeeping the trainers and metrics read; never policy inputs unless listed explicitly
-BOOKKEEPING_KEYS = (IS_INIT_KEY, EPISODE_START_KEY, "episode_end", "episode_index", "success", "spl")
+BOOKKEEPING_KEYS = (IS_INIT_KEY, EPISODE_START_KEY, "episode_end", "episode_index", "success", "spl", "active")
+# trial features that carry the previous step (one step of memory): left out of a memoryless control
+PREVIOUS_STEP_KEYS = ("prev_action", "prev_reward")
 
 
 class NonFiniteError(FloatingPointError):
@@ -102,6 +104,52 @@ class FlatObsEncoder(nn.Module):
         return self.net(torch.cat(flat, dim=-1))
 
 
+class PopArtHead(nn.Linear):
+    """Critic head with PopArt value normalisation: ``[*, D] -> [*, 1]`` values in reward units.
+
+    The linear layer predicts values in normalised units; ``forward`` returns ``mean + std * linear(h)``.
+    :meth:`update` moves the running statistics of the value targets toward a new batch and rescales the
+    layer so that every output stays exactly the same (PopArt's "preserving outputs precisely"), so
+    stored values and the memory cache stay valid; :meth:`normalize` maps values and targets to the units
+    the layer learns in, where the value loss is computed. The statistics are a debiased exponential
+    moving average over updates (weight ``beta`` per update, as Adam's moments). Never updated (mean 0,
+    std 1), it is a plain ``nn.Linear``.
+    """
+
+    def __init__(self, in_features: int, min_std: float = 1e-2) -> None:
+        super().__init__(in_features, 1)
+        self.min_std = min_std
+        self.register_buffer("mean", torch.zeros(()))
+        self.register_buffer("std", torch.ones(()))
+        self.register_buffer("moments", torch.zeros(3, dtype=torch.float64))  # EMA of [x, x^2] and its weight
+
+    def forward(self, h: Tensor) -> Tensor:
+        return super().forward(h) * self.std + self.mean
+
+    def normalize(self, values: Tensor) -> Tensor:
+        """Values in reward units -> the normalised units of the linear layer."""
+        return (values - self.mean) / self.std
+
+    @torch.no_grad()
+    def update(self, batch_moments: Tensor, beta: float) -> None:
+        """Fold in a batch of targets given as ``[mean(x), mean(x^2)]`` with weight ``beta`` in (0, 1];
+        every output of the head stays the same.
+
+        A batch with non-finite moments is skipped (the loss that uses it reports the problem).
+        """
+        if not bool(torch.isfinite(batch_moments).all()):
+            return
+        new = torch.cat((batch_moments.double().reshape(2), self.moments.new_ones(1)))
+        self.moments.mul_(1.0 - beta).add_(beta * new)
+        mean_x, mean_sq = self.moments[:2] / self.moments[2]
+        mean = mean_x.float()
+        std = (mean_sq - mean_x**2).clamp(min=0.0).sqrt().float().clamp(min=self.min_std)
+        self.weight.mul_(self.std / std)
+        self.bias.mul_(self.std).add_(self.mean - mean).div_(std)
+        self.mean.copy_(mean)
+        self.std.copy_(std)
+
+
 class MemoPolicy(nn.Module):
     """Encoder -> ``memory`` (any :class:`SequenceMemory`) -> actor (``A`` logits) and critic heads.
 
@@ -144,7 +192,7 @@ class MemoPolicy(nn.Module):
         self.encoder = encoder
         self.memory = memory
         self.actor_head = nn.Linear(memory.d_model, num_actions)
-        self.critic_head = nn.Linear(memory.d_model, 1)
+        self.critic_head = PopArtHead(memory.d_model)
         nn.init.orthogonal_(self.actor_head.weight, gain=0.01)
         nn.init.zeros_(self.actor_head.bias)
         nn.init.orthogonal_(self.critic_head.weight, gain=1.0)
@@ -158,16 +206,20 @@ class MemoPolicy(nn.Module):
         observation_keys: Sequence[str] | None = None,
         encoder: nn.Module | None = None,
         hidden: int = 128,
+        previous_step: bool = True,
     ) -> "MemoPolicy":
         """Read observation shapes and the action count from a TorchRL env's specs (validated).
 
         Without ``observation_keys`` the policy reads every observation entry except the trial
-        bookkeeping (``BOOKKEEPING_KEYS``: ``is_init``, ``episode_start``, ``episode_end``, ...).
+        bookkeeping (``BOOKKEEPING_KEYS``: ``is_init``, ``episode_start``, ``episode_end``, ...), and,
+        with ``previous_step=False``, except ``prev_action`` and ``prev_reward`` (``PREVIOUS_STEP_KEYS``:
+        they carry one step of memory, so a memoryless control should not read them).
         """
         spec = env.full_observation_spec
         available = list(spec.keys(True, True))
         if observation_keys is None:
-            observation_keys = [k for k in available if k not in BOOKKEEPING_KEYS]
+            skip = BOOKKEEPING_KEYS + (() if previous_step else PREVIOUS_STEP_KEYS)
+            observation_keys = [k for k in available if k not in skip]
             if not observation_keys:
                 raise ValueError(f"the env has no observation entries besides bookkeeping ({available}).")
         shapes = []

@@ -60,6 +60,8 @@ class TrialCollector:
         return None if self._buffer is None else self._buffer[:, : self.t]
 
     def trial_seed(self, trial_index: int) -> int:
+        """Seed of trial ``trial_index`` on this rank: ``seed + (trial_index * world_size + rank) * num_envs``,
+        so env rows, ranks and trials never share a seed."""
         return self.seed + (trial_index * self.world_size + self.rank) * self.num_envs
 
     def start_trial(self, trial_index: int) -> None:

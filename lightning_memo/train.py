@@ -102,8 +102,11 @@ def make_policy(cfg: RunConfig, env) -> MemoPolicy:
         memory = make_memory(cfg.memory, **kwargs)
     except (TypeError, ValueError) as err:
         raise ConfigError(f"memories.{cfg.memory}: {err}") from None
+    previous_step = cfg.policy.previous_step if cfg.policy.previous_step is not None else cfg.memory != "none"
     try:
-        return MemoPolicy.from_env(env, memory, observation_keys=cfg.policy.observation_keys, hidden=cfg.policy.hidden)
+        return MemoPolicy.from_env(
+            env, memory, observation_keys=cfg.policy.observation_keys, hidden=cfg.policy.hidden, previous_step=previous_step
+        )
     except ValueError as err:
         raise ConfigError(f"policy: {err}") from None
 
@@ -216,6 +219,8 @@ def make_trainer(cfg: RunConfig, run_dir: Path, callbacks: List[Callback]) -> pl
         own.append(EnvStepProgressBar())
     if t.video_every:
         own.append(RolloutVideo(every=t.video_every, dirpath=run_dir / "videos"))
+    if t.max_env_steps:
+        own.append(EnvStepBudget(t.max_env_steps))
     if t.checkpoint_every:
         own.append(
             ModelCheckpoint(
@@ -238,6 +243,20 @@ def make_trainer(cfg: RunConfig, run_dir: Path, callbacks: List[Callback]) -> pl
         )
     except (MisconfigurationException, ValueError, TypeError) as err:
         raise ConfigError(f"trainer: {err}") from None
+
+
+class EnvStepBudget(Callback):
+    """Stop fitting after the trial that reaches ``max_env_steps`` env steps (``trainer.max_env_steps``);
+    a resumed run that has already reached it does not train."""
+
+    def __init__(self, max_env_steps: int) -> None:
+        self.max_env_steps = max_env_steps
+
+    def _check(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if pl_module.env_steps >= self.max_env_steps:
+            trainer.should_stop = True
+
+    on_train_start = on_train_epoch_end = _check
 
 
 class RunConfigRecorder(Callback):
@@ -350,4 +369,4 @@ def main(default_config: str, argv: List[str] | None = None) -> tuple[pl.Trainer
         raise SystemExit(2 if isinstance(err, ConfigError) else 1) from None
 
 
-__all__ = ["Run", "build", "fit", "main", "make_env", "make_policy", "make_trainer", "train"]
+__all__ = ["EnvStepBudget", "Run", "build", "fit", "main", "make_env", "make_policy", "make_trainer", "train"]

@@ -8,6 +8,9 @@
   older segments appear too, but only through the summaries.
 * ``cache_tokens.png``: tokens held in the step-mode cache per environment, stepped for real, for
   Memo, streaming Memo and the full-context Transformer.
+* ``memo_cache.png``: what a small Memo's step-mode cache holds after every step, read from the cache
+  itself: summaries (the memory) and the steps of the current segment.
+* ``envs.png``: a frame of each task, drawn by the envs' own renderers.
 """
 
 from __future__ import annotations
@@ -60,6 +63,32 @@ def cache_tokens(steps: int = 300) -> dict[str, list[int]]:
     return curves
 
 
+def cache_contents(steps: int = 20) -> list[tuple[int, int]]:
+    """``(memory tokens, segment tokens)`` held after each step by a small Memo (one environment)."""
+    torch.manual_seed(0)
+    memo = make_memory("memo", d_model=WIDTH, n_layers=1, n_heads=2, segment_len=SEGMENT, summary_len=SUMMARY)
+    memo.eval().reset_cache(1)
+    held = []
+    for _ in range(steps):
+        memo.step(torch.randn(1, WIDTH))
+        total, memory = int(memo.memory_tokens()[0]), int(memo.cache_state().counters["memory"][0])
+        held.append((memory, total - memory))
+    return held
+
+
+def env_frames() -> list:
+    """A Dark-Key-To-Door frame (lit, after a few moves) and an ObjNavGrid frame, as RGB arrays."""
+    from lightning_memo.envs import DarkKeyToDoorGym, ObjNavGridGym
+
+    dktd = DarkKeyToDoorGym(size=7, episode_len=20, trial_len=200, render_mode="rgb_array")
+    dktd.reset(seed=3)
+    for action in (0, 3, 3):
+        dktd.step(action)
+    objnav = ObjNavGridGym(render_mode="rgb_array")
+    objnav.reset(seed=0)
+    return [dktd.render(), objnav.render()]
+
+
 def main() -> None:
     try:
         import matplotlib
@@ -102,7 +131,49 @@ def main() -> None:
     fig.tight_layout()
     fig.savefig(OUT / "cache_tokens.png", dpi=110)
     plt.close(fig)
-    print(f"wrote {OUT / 'memo_attention.png'} and {OUT / 'cache_tokens.png'}")
+    from matplotlib.patches import Rectangle
+
+    held = cache_contents()
+    slots = max(m for m, _ in held) + SEGMENT + 1
+    fig, ax = plt.subplots(figsize=(7.2, 7.4))
+    for t, (memory, segment) in enumerate(held):
+        for j in range(memory):
+            ax.add_patch(Rectangle((j, t), 0.95, 0.9, color="tab:orange"))
+            if j % SUMMARY == 0:
+                ax.text(j + SUMMARY / 2 - 0.05, t + 0.48, f"S{j // SUMMARY}", ha="center", va="center", fontsize=7)
+        for j in range(segment):
+            step = t - segment + 1 + j
+            ax.add_patch(Rectangle((memory + 1 + j, t), 0.95, 0.9, color="tab:blue", alpha=0.75))
+            ax.text(memory + 1.45 + j, t + 0.48, str(step), ha="center", va="center", fontsize=7, color="white")
+    ax.set_xlim(0, slots)
+    ax.set_ylim(len(held), 0)
+    ax.set_aspect("equal")
+    ax.set_yticks([t + 0.45 for t in range(len(held))], [str(t) for t in range(len(held))], fontsize=7)
+    ax.set_xticks([])
+    ax.set_ylabel("after step t")
+    ax.set_title(
+        f"Memo's step-mode cache (segment_len={SEGMENT}, summary_len={SUMMARY}), read after every step.\n"
+        "Orange: summaries S_i (the memory); blue: the current segment's steps.\n"
+        "Step t+1 attends to row t and to itself.",
+        fontsize=9,
+    )
+    for side in ("top", "right", "bottom"):
+        ax.spines[side].set_visible(False)
+    fig.tight_layout()
+    fig.savefig(OUT / "memo_cache.png", dpi=110)
+    plt.close(fig)
+
+    fig, axes = plt.subplots(1, 2, figsize=(8, 4.2))
+    titles = ("Dark-Key-To-Door: start, key, door, agent",
+              "ObjNavGrid: rooms, objects, the view (yellow)")
+    for ax, frame, title in zip(axes, env_frames(), titles):
+        ax.imshow(frame)
+        ax.set_title(title, fontsize=8)
+        ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(OUT / "envs.png", dpi=110)
+    plt.close(fig)
+    print(f"wrote {', '.join(str(OUT / n) for n in ('memo_attention.png', 'cache_tokens.png', 'memo_cache.png', 'envs.png'))}")
 
 
 if __name__ == "__main__":

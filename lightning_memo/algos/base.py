@@ -57,10 +57,11 @@ class TrialModule(pl.LightningModule):
     """Base of the trainers: trials of ``trial_len`` steps on the env, ``num_trials`` per rank.
 
     Args:
-        policy: the :class:`MemoPolicy` being trained.
+        policy: the [`MemoPolicy`][lightning_memo.policy.MemoPolicy] being trained.
         env: a batched env (``[N]``, trial features applied; used as is on every rank) or a factory
-            ``seed -> env`` called once per rank in :meth:`setup`.
-        trial_len, num_trials: steps per trial; trials per rank.
+            ``seed -> env`` called once per rank in `setup`.
+        trial_len: steps per trial.
+        num_trials: trials per rank.
         seed: base seed of the env trials (ranks and trials get distinct seeds) and of the episode
             shuffling at refresh.
     """
@@ -85,12 +86,14 @@ class TrialModule(pl.LightningModule):
 
     # ----------------------------------------------------------------- setup
     def setup(self, stage: str) -> None:
+        """Build this rank's env from the factory (when one was given) and check it against the policy."""
         if self.collector is None:
             self.collector = TrialCollector(self.env_factory(self.seed), self.policy, self.trial_len, self.seed)
         self.check_env(self.collector.env)
         self.collector.rank, self.collector.world_size = self.global_rank, self.trainer.world_size
 
     def on_train_start(self) -> None:
+        """Start the env-steps-per-second clock (after a checkpoint restore)."""
         self._clock = (self.env_steps, time.perf_counter())  # after a checkpoint restore
 
     def steps_per_second(self) -> float:
@@ -99,6 +102,7 @@ class TrialModule(pl.LightningModule):
         return (self.env_steps - steps) / max(time.perf_counter() - start, 1e-9)
 
     def train_dataloader(self) -> DataLoader:
+        """One tick per trial: Lightning's epoch loop runs one `training_step` (one trial) per epoch."""
         # its own generator: creating the iterator must not draw from the global torch RNG (restored
         # from the checkpoint), or a resumed run would sample differently from an uninterrupted one
         return DataLoader(_TrialTicks(self), batch_size=None, generator=torch.Generator())
@@ -196,6 +200,7 @@ class TrialModule(pl.LightningModule):
 
     # ------------------------------------------------------------ checkpoint
     def on_save_checkpoint(self, checkpoint: dict) -> None:
+        """Store the trial and env-step counters and the torch, numpy and python RNG states."""
         checkpoint[self.state_key] = {
             "trial_index": self.trial_index,
             "env_steps": self.env_steps,
@@ -208,6 +213,7 @@ class TrialModule(pl.LightningModule):
         }
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        """Restore what `on_save_checkpoint` stored, so the run continues exactly."""
         state = checkpoint[self.state_key]
         self.trial_index = state["trial_index"]
         self.env_steps = state["env_steps"]

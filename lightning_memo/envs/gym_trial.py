@@ -199,6 +199,7 @@ class GymTrialEnv(TrialEnv):
         return {"observation": self._tensor(self._obs)}
 
     def close(self, *, raise_if_closed: bool = True) -> None:
+        """Close every row's gymnasium env, then this one."""
         for env in getattr(self, "envs", []):
             env.close()
         super().close(raise_if_closed=raise_if_closed)

@@ -258,6 +258,7 @@ class HabitatObjNavEnv(TrialEnv):
         }
 
     def close(self, *, raise_if_closed: bool = True) -> None:
+        """Close every habitat env, then this one."""
         for env in getattr(self, "_envs", []):
             env.close()
         super().close(raise_if_closed=raise_if_closed)

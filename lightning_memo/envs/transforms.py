@@ -41,6 +41,7 @@ class EpisodeStartAtReset(Transform):
         return next_tensordict
 
     def transform_observation_spec(self, observation_spec: Composite) -> Composite:
+        """Adds ``episode_start`` (bool ``[*, 1]``)."""
         observation_spec["episode_start"] = Categorical(
             2, shape=(*observation_spec.shape, 1), dtype=torch.bool, device=observation_spec.device
         )
@@ -98,6 +99,7 @@ class TrialFeatures(Transform):
         return torch.nn.functional.one_hot(action.long(), self.num_actions).float()
 
     def transform_observation_spec(self, observation_spec: Composite) -> Composite:
+        """Adds ``prev_action`` ``[*, A]``, ``prev_reward``, ``trial_time`` and ``reset_flag`` ``[*, 1]``."""
         shape, device = observation_spec.shape, observation_spec.device
         observation_spec["prev_action"] = Bounded(0.0, 1.0, shape=(*shape, self.num_actions), device=device)
         observation_spec["prev_reward"] = Unbounded(shape=(*shape, 1), device=device)

@@ -33,13 +33,29 @@ class TransformerConfig:
     """Backbone sizes. Reference: 4 layers, 8 heads, width 256, MLP 1024 (~4.2M parameters with Memo)."""
 
     d_model: int = 256
+    """Width of every token (and of the memory's input and output). Positive; divisible by `n_heads`."""
+
     n_layers: int = 4
+    """Transformer blocks. Positive."""
+
     n_heads: int = 8
+    """Attention heads. Must divide `d_model`, with an even head width `d_model / n_heads` (RoPE)."""
+
     mlp_ratio: float = 4.0
-    activation: str = "gelu"  # gate nonlinearity: "gelu" or "silu"
-    layer_drop: float = 0.0  # probability of skipping a whole block in training (one draw per call)
+    """Hidden width of the gated MLP, as a multiple of `d_model`. > 0."""
+
+    activation: str = "gelu"
+    """Gate nonlinearity of the MLP: `"gelu"` or `"silu"`."""
+
+    layer_drop: float = 0.0
+    """Probability of skipping a whole block in a training forward call (one draw per call and block). In [0, 1); 0
+    disables it."""
+
     rope_base: float = 10000.0
+    """Base of the rotary position embedding's frequencies. > 1."""
+
     norm_eps: float = 1e-6
+    """Epsilon of the RMSNorm layers."""
 
     def validate(self) -> None:
         positive(d_model=self.d_model, n_layers=self.n_layers, n_heads=self.n_heads)

@@ -36,11 +36,20 @@ class Cache(Protocol):
 
     batch_size: int
 
-    def reset_rows(self, rows: Tensor) -> None: ...  # empty the rows where rows [B] (bool) is true
-    def tokens(self) -> Tensor: ...  # tokens (or state vectors) held per row, [B] long
-    def nbytes(self) -> int: ...  # bytes held
-    def allocated_nbytes(self) -> int: ...  # bytes of storage allocated
-    def clone(self) -> Cache: ...  # a detached copy
+    def reset_rows(self, rows: Tensor) -> None:
+        """Empty the rows where ``rows`` ``[B]`` (bool) is true."""
+
+    def tokens(self) -> Tensor:
+        """Tokens (or state vectors) held per row, ``[B]`` long."""
+
+    def nbytes(self) -> int:
+        """Bytes held."""
+
+    def allocated_nbytes(self) -> int:
+        """Bytes of storage allocated."""
+
+    def clone(self) -> Cache:
+        """A detached copy."""
 
 
 class StateCache:
@@ -51,19 +60,23 @@ class StateCache:
         self.states = states
 
     def reset_rows(self, rows: Tensor) -> None:
+        """Zero the state of the rows where ``rows`` ``[B]`` (bool) is true."""
         self.states = tuple(s.masked_fill(rows[None, :, None], 0.0) for s in self.states)
 
     def tokens(self) -> Tensor:
+        """State vectors held per row (``n``, the same for every row), ``[B]`` long."""
         held = sum(s.shape[0] for s in self.states)
         device = self.states[0].device if self.states else None
         return torch.full((self.batch_size,), held, dtype=torch.long, device=device)
 
     def nbytes(self) -> int:
+        """Bytes of the state tensors (held = allocated)."""
         return sum(s.numel() * s.element_size() for s in self.states)
 
     allocated_nbytes = nbytes
 
     def clone(self) -> StateCache:
+        """A detached copy."""
         return StateCache(self.batch_size, tuple(s.detach().clone() for s in self.states))
 
 
@@ -260,6 +273,8 @@ class SequenceMemory(TensorDictModuleBase):
 
     # ------------------------------------------------------------ TorchRL face
     def forward(self, tensordict: TensorDictBase) -> TensorDictBase:
+        """The TorchRL face: ``in_keys`` -> ``out_keys``; sequence mode under ``set_recurrent_mode(True)``
+        (``[B, T]`` tensordicts), else one step against the module's cache."""
         from torchrl.modules.tensordict_module.rnn import recurrent_mode
 
         embed_key, init_key = self.in_keys

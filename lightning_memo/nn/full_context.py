@@ -40,14 +40,32 @@ POSITION_POLICIES = ("grow", "rebase")
 class FCTConfig(TransformerConfig):
     """FCT's settings (backbone sizes plus positions, sink and window)."""
 
-    position_recipe: str = "rope"  # "rope" (trial step) or "relic" (step-in-episode embedding + episode RoPE)
-    max_episode_len: int = 1024  # relic: rows of the step-in-episode embedding (later steps share the last)
-    embed_init_scale: float = 0.02  # relic: std of that embedding at init
-    sink_kv: bool = False  # a learned key (zero value) per layer and head, always visible
-    window: Optional[int] = None  # streaming: attend to the last `window` steps only (None: whole trial)
-    evict_block: int = 256  # streaming: steps evicted at once (the cache holds < window + evict_block)
-    position_policy: str = "grow"  # after window eviction: "grow" (paper) or "rebase"
-    inter_episode_attention: bool = True  # False: cache resets at every inner-episode start (no-IEA)
+    position_recipe: str = "rope"
+    """`"rope"`: RoPE on the trial step. `"relic"`: a learned step-in-episode embedding added to the input and RoPE
+    on the inner-episode ordinal (needs `episode_start`)."""
+
+    max_episode_len: int = 1024
+    """`relic` only: rows of the step-in-episode embedding; later steps share the last row. Positive."""
+
+    embed_init_scale: float = 0.02
+    """`relic` only: standard deviation of that embedding at init. > 0."""
+
+    sink_kv: bool = False
+    """A learned key with a zero value per layer and head that every query may attend to."""
+
+    window: Optional[int] = None
+    """Streaming: each step attends to itself and the `window - 1` steps before it. `None`: the whole trial; else
+    positive."""
+
+    evict_block: int = 256
+    """Streaming: steps evicted at once; the cache holds fewer than `window + evict_block` tokens. Positive."""
+
+    position_policy: str = "grow"
+    """After a window eviction: `"grow"` (the paper's) keeps positions growing; `"rebase"` rotates the kept keys
+    back below `window` (only with `position_recipe="rope"` and no sink)."""
+
+    inter_episode_attention: bool = True
+    """`False`: the cache resets at every inner-episode start (the no-IEA ablation)."""
 
     def validate(self) -> None:
         super().validate()
@@ -128,6 +146,7 @@ class FullContextMemory(SequenceMemory):
         )
 
     def new_cache(self, batch_size: int) -> KVCache:
+        """An empty per-row KV cache of ``batch_size`` rows (bounded and reserved once when streaming)."""
         cfg = self.config
         bound = None if cfg.window is None else cfg.window + cfg.evict_block - 1  # slots a streaming row can need
         return self.transformer.new_cache(batch_size, counters=("episode_step", "episode"), bound=bound)

@@ -49,13 +49,28 @@ POSITION_POLICIES = ("rebase", "grow")
 class SegmentConfig(TransformerConfig):
     """Backbone sizes plus the segment recurrence shared by Memo and RMT."""
 
-    segment_len: int = 256  # l_seg: steps per segment
-    summary_len: int = 32  # l_sum: summary tokens written per segment
-    randomize_segments: bool = True  # draw the segment length per training forward call
-    segment_jitter: float = 0.2  # L = int(l_seg * (1 - j + 2j*u)), u ~ U[0,1)
-    summary_init_scale: float = 0.02  # std of the summary-query embeddings at init
-    tbptt_segments: Optional[int] = None  # gradients cut every k segments (None: full BPTT; k: the AC baseline)
-    inter_episode_attention: bool = True  # False: memory resets at every inner-episode start (no-IEA)
+    segment_len: int = 256
+    """`l_seg`: steps per segment; a summary is written after each. Positive."""
+
+    summary_len: int = 32
+    """`l_sum`: summary tokens written per segment (RMT: the memory size). Positive."""
+
+    randomize_segments: bool = True
+    """Draw the segment length per training forward call (see `segment_jitter`); eval mode, step mode and `refresh`
+    always use `segment_len`."""
+
+    segment_jitter: float = 0.2
+    """`j`: training draws `L = int(l_seg * (1 - j + 2j*u))`, `u ~ U[0, 1)`. In [0, 1)."""
+
+    summary_init_scale: float = 0.02
+    """Standard deviation of the summary-query embeddings at init. > 0."""
+
+    tbptt_segments: Optional[int] = None
+    """`None`: gradients through every summary (Memo). `k` (positive): the memory is detached every `k` segments
+    (the AC baseline)."""
+
+    inter_episode_attention: bool = True
+    """`False`: the memory resets at every inner-episode start, like at `is_init` (the no-IEA ablation)."""
 
     def validate(self) -> None:
         super().validate()
@@ -72,8 +87,13 @@ class SegmentConfig(TransformerConfig):
 class MemoConfig(SegmentConfig):
     """Memo's settings (backbone, segments, streaming). Usable as an omegaconf structured config."""
 
-    max_memory_tokens: Optional[int] = None  # streaming cap on memory tokens (None: unbounded)
-    position_policy: str = "rebase"  # after eviction: "rebase" or "grow"
+    max_memory_tokens: Optional[int] = None
+    """Streaming cap on memory tokens: the oldest whole summaries are evicted beyond it. `None` (unbounded) or an
+    integer >= `summary_len`."""
+
+    position_policy: str = "rebase"
+    """After an eviction: `"rebase"` rotates the kept keys back so positions stay within what training saw (exact
+    for RoPE); `"grow"` keeps positions growing (the paper's streaming evaluation)."""
 
     def validate(self) -> None:
         super().validate()
@@ -141,6 +161,7 @@ class MemoMemory(SequenceMemory):
         self.summary_queries = nn.Parameter(torch.randn(cfg.summary_len, cfg.d_model) * cfg.summary_init_scale)
 
     def new_cache(self, batch_size: int) -> KVCache:
+        """An empty per-row KV cache of ``batch_size`` rows with a ``memory`` token counter per row."""
         return self.transformer.new_cache(batch_size, counters=("memory",), bound=self._cache_bound())
 
     def _cache_bound(self) -> int | None:

@@ -16,9 +16,16 @@ from lightning_memo.nn.base import SequenceMemory, StateCache
 
 @dataclass
 class MemorylessConfig:
+    """The memoryless control's sizes: a per-step MLP of width `d_model`."""
+
     d_model: int = 256
-    mlp_ratio: float = 1.0  # hidden width = mlp_ratio * d_model
-    inter_episode_attention: bool = True  # accepted for a uniform interface: nothing is carried either way
+    """Input and output width. Positive."""
+
+    mlp_ratio: float = 1.0
+    """Hidden width of the per-step MLP as a multiple of `d_model`. > 0."""
+
+    inter_episode_attention: bool = True
+    """Accepted for a uniform interface; nothing is carried across steps either way."""
 
     def validate(self) -> None:
         positive(d_model=self.d_model)
@@ -36,6 +43,7 @@ class MemorylessMemory(SequenceMemory):
         self.net = nn.Sequential(nn.Linear(cfg.d_model, hidden), nn.Tanh(), nn.Linear(hidden, cfg.d_model))
 
     def new_cache(self, batch_size: int) -> StateCache:
+        """An empty (stateless) cache of ``batch_size`` rows."""
         positive(batch_size=batch_size)
         return StateCache(batch_size)
 

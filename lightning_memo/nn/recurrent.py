@@ -22,8 +22,13 @@ class RecurrentConfig:
     """GRU/LSTM sizes: ``d_model`` is the input and hidden width, ``n_layers`` stacked layers."""
 
     d_model: int = 256
+    """Input and hidden width. Positive."""
+
     n_layers: int = 1
-    inter_episode_attention: bool = True  # False: state resets at every inner-episode start (no-IEA)
+    """Stacked recurrent layers. Positive."""
+
+    inter_episode_attention: bool = True
+    """`False`: the hidden state resets at every inner-episode start (the no-IEA ablation)."""
 
     def validate(self) -> None:
         positive(d_model=self.d_model, n_layers=self.n_layers)
@@ -52,6 +57,7 @@ class _RecurrentMemory(SequenceMemory):
         return self.module.lstm if isinstance(self.module, LSTMModule) else self.module.gru
 
     def new_cache(self, batch_size: int) -> StateCache:
+        """A zero hidden state (``h``; ``h, c`` for the LSTM) of ``batch_size`` rows."""
         positive(batch_size=batch_size)
         zeros = self.rnn.weight_ih_l0.new_zeros(self.config.n_layers, batch_size, self.config.d_model)
         return StateCache(batch_size, (zeros, zeros.clone()) if isinstance(self.rnn, nn.LSTM) else (zeros,))

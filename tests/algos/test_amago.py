@@ -202,7 +202,8 @@ def test_epsilon_greedy_rates():
     greedy = torch.zeros(20000, dtype=torch.long)
     assert torch.equal(epsilon_greedy(greedy, 4, 0.0, gen), greedy)
     uniform = epsilon_greedy(greedy, 4, 1.0, gen)
-    torch.testing.assert_close(torch.bincount(uniform, minlength=4).float() / 20000, torch.full((4,), 0.25), atol=0.015, rtol=0)
+    freq = torch.bincount(uniform, minlength=4).float() / 20000
+    torch.testing.assert_close(freq, torch.full((4,), 0.25), atol=0.015, rtol=0)
     # epsilon .4 changes an action with probability .4 * 3/4
     changed = (epsilon_greedy(greedy, 4, 0.4, gen) != 0).float().mean()
     assert abs(changed.item() - 0.3) < 0.015

@@ -2,6 +2,11 @@
 refresh parity after an update round, kill-and-resume, config and env errors."""
 
 import copy
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
 
 import lightning.pytorch as pl
 import pytest
@@ -182,3 +187,44 @@ def test_env_mismatch_is_named():
     module = tiny_amago(trial_len=80, update_every=10)
     with pytest.raises(ValueError, match="trial_len"):
         tiny_trainer(max_epochs=1).fit(module)
+
+
+DDP_SCRIPT = textwrap.dedent("""
+    import sys
+    from pathlib import Path
+
+    import lightning.pytorch as pl
+    import torch
+    from lightning.pytorch.strategies import DDPStrategy
+
+    from tests.algos.test_amago_module import tiny_amago
+
+    module = tiny_amago(num_trials=2)
+    trainer = pl.Trainer(
+        max_epochs=2, accelerator="cpu", devices=2, strategy=DDPStrategy(process_group_backend="gloo"),
+        logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+    )
+    trainer.fit(module)
+    torch.save(
+        {"state_dict": module.policy.state_dict(), "replay": module.replay.buffer[:]["observation"].clone(),
+         "env_steps": module.env_steps, "updates": module.num_updates},
+        Path(sys.argv[1]) / f"rank{trainer.global_rank}.pt",
+    )
+""")
+
+
+def test_ddp_ranks_share_weights_and_keep_their_own_replay(tmp_path):
+    script = tmp_path / "ddp_amago.py"
+    script.write_text(DDP_SCRIPT)
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(
+        [sys.executable, str(script), str(tmp_path)], cwd=root, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    a, b = (torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1))
+    assert a["env_steps"] == b["env_steps"] == 2 * 2 * 4 * TRIAL_LEN  # all ranks' env steps
+    assert a["updates"] == b["updates"] == 8
+    for k, v in a["state_dict"].items():  # weights, Polyak targets and PopArt statistics agree
+        torch.testing.assert_close(v, b["state_dict"][k], rtol=0, atol=0, msg=k)
+    assert not torch.equal(a["replay"], b["replay"])  # each rank's own envs and replay

@@ -7,6 +7,7 @@ import torch
 
 from lightning_memo.algos.ppo.losses import clipped_policy_loss, explained_variance, masked_mean, trial_gae, value_loss
 from lightning_memo.algos.ppo import PPOConfig, warmup_cosine
+from lightning_memo.policy import PopArtHead
 
 
 def _gae_inputs():
@@ -92,8 +93,41 @@ def test_warmup_cosine():
         (dict(gamma=1.5), "ppo.gamma"),
         (dict(epochs=0), "ppo.epochs"),
         (dict(value_clip=-1.0), "ppo.value_clip"),
+        (dict(value_norm_beta=0.0), "ppo.value_norm_beta"),
+        (dict(reward_scale=0.0), "ppo.reward_scale"),
     ],
 )
 def test_ppo_config_errors_name_the_key(override, key):
     with pytest.raises(ValueError, match=key):
         PPOConfig(**{"trial_len": 40, "update_every": 10, **override}).validate()
+
+
+def test_popart_statistics_against_hand_computed_values():
+    head = PopArtHead(3)
+    head.update(torch.tensor([2.0, 14.0 / 3.0]), beta=0.5)  # targets [1, 2, 3]: mean 2, E[x^2] 14/3
+    assert float(head.mean) == pytest.approx(2.0) and float(head.std) == pytest.approx(math.sqrt(2.0 / 3.0))
+    head.update(torch.tensor([5.0, 25.0]), beta=0.5)  # weights 0.25 and 0.5 on the two batches, debiased by 0.75
+    mean, mean_sq = (0.25 * 2.0 + 0.5 * 5.0) / 0.75, (0.25 * 14.0 / 3.0 + 0.5 * 25.0) / 0.75
+    assert float(head.mean) == pytest.approx(mean)
+    assert float(head.std) == pytest.approx(math.sqrt(mean_sq - mean**2), rel=1e-5)
+    assert float(head.normalize(torch.tensor(mean + float(head.std)))) == pytest.approx(1.0)
+    head.update(torch.tensor([float("nan"), 1.0]), beta=0.5)  # skipped
+    assert float(head.mean) == pytest.approx(mean)
+
+
+def test_popart_update_preserves_outputs():
+    torch.manual_seed(0)
+    head = PopArtHead(8)
+    h = torch.randn(5, 8)
+    for moments in ([10.0, 150.0], [-3.0, 12.0], [200.0, 41000.0]):
+        before = head(h)
+        head.update(torch.tensor(moments), beta=0.3)
+        torch.testing.assert_close(head(h), before, rtol=1e-5, atol=1e-4)
+    assert float(head.std) > 1.0  # the statistics did move
+
+
+def test_popart_off_is_a_plain_linear():
+    head = PopArtHead(4)
+    h = torch.randn(3, 4)
+    torch.testing.assert_close(head(h), torch.nn.functional.linear(h, head.weight, head.bias))
+    torch.testing.assert_close(head.normalize(h), h)

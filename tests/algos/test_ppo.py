@@ -1,5 +1,7 @@
 """MemoPPO wiring: env/policy checks before training, counters, LR schedule, logged metrics."""
 
+import copy
+
 import pytest
 import torch
 
@@ -45,3 +47,51 @@ def test_memory_state_does_not_leak_between_trials():
     tiny_trainer().fit(module)
     module.collector.start_trial(5)
     assert int(module.policy.memory.memory_tokens().sum()) == 0
+
+
+def _episodic_module(trial_len: int = 60, update_every: int = 20, **ppo) -> MemoPPO:
+    from lightning_memo.envs import GymTrialEnv, make_trial_env
+
+    torch.manual_seed(0)
+    env = make_trial_env(GymTrialEnv("CartPole-v1", num_envs=4, trial_len=trial_len, seed=0))
+    policy = tiny_policy(env, "gru")
+    cfg = tiny_ppo(trial_len=trial_len, update_every=update_every, **ppo)
+    return MemoPPO(policy, env, cfg, seed=0)
+
+
+def test_episodic_trial_counts_active_steps_and_stops_when_all_rows_end():
+    module = _episodic_module(trial_len=200, update_every=20, num_trials=1)
+    tiny_trainer(max_epochs=1).fit(module)
+    history = module.collector.history
+    active = history.get("active").squeeze(-1)
+    t = history.shape[1]
+    assert t < 200 and t % 20 != 0  # random CartPole episodes end early; the trial stops at the last end
+    assert bool(history.get(("next", "done"))[:, -1].all()) and not bool(history.get(("next", "done"))[:, :-1].any())
+    assert module.env_steps == int(active.sum()) < 4 * t  # rows that ended are not env steps
+    assert not bool(active[:, -1].all())  # rows that ended earlier were idle at the end
+
+
+def test_inactive_steps_carry_no_loss():
+    module = _episodic_module(num_trials=1, normalize_advantages=True)
+    tiny_trainer(max_epochs=1).fit(module)
+    history = module.collector.history
+    active = history.get("active").squeeze(-1)
+    assert not bool(active.all())
+    opt, sched = module.optimizers(), module.lr_schedulers()
+    saved = [copy.deepcopy(x.state_dict()) for x in (module.policy, opt.optimizer, sched)]
+
+    def update() -> dict:
+        for x, state in zip((module.policy, opt.optimizer, sched), saved):
+            x.load_state_dict(copy.deepcopy(state))
+        torch.manual_seed(1)
+        return module.update(window_start=0, bootstrap=False)
+
+    before = update()
+    idle = ~active
+    history.get("action")[idle] = 1 - history.get("action")[idle]  # in place: the trial buffer
+    history.get("action_log_prob")[idle] = -5.0
+    history.get("state_value")[idle] = 1e3
+    history.get(("next", "reward"))[idle] = 1e3
+    assert bool((module.collector.history.get("state_value")[idle] == 1e3).all())  # the update reads these
+    after = update()
+    assert after == pytest.approx(before, rel=1e-5, abs=1e-6)

@@ -31,7 +31,9 @@ def bilevel_epsilon(
     return eps_first + (eps_last - eps_first) * within
 
 
-def epsilon_greedy(actions: Tensor, num_actions: int, epsilon: Tensor | float, generator: torch.Generator | None = None) -> Tensor:
+def epsilon_greedy(
+    actions: Tensor, num_actions: int, epsilon: Tensor | float, generator: torch.Generator | None = None
+) -> Tensor:
     """Replace each of ``actions [N]`` by a uniform random action with probability ``epsilon``
     (a float or ``[N]``)."""
     epsilon = torch.as_tensor(epsilon, dtype=torch.float32, device=actions.device)

@@ -115,7 +115,8 @@ def amago_loss(
 
     # the actor's Q: the ensemble mean, through frozen critics on the detached sequence output
     logits = heads.actor(h)
-    a_loss, pg, bc = actor_loss(heads.actor(h.detach()), logits, heads.frozen_q_values(h).mean(-3), actions, mask, 1.0, bc_coef)
+    q_frozen = heads.frozen_q_values(h).mean(-3)
+    a_loss, pg, bc = actor_loss(heads.actor(h.detach()), logits, q_frozen, actions, mask, 1.0, bc_coef)
     loss = a_loss + critic_coef * c_loss
     with torch.no_grad():
         log_pi = F.log_softmax(logits[..., -1, :], -1)

@@ -14,9 +14,9 @@ One training step = one trial of ``T = trial_len`` steps on ``N`` envs (:class:`
 
 Checkpoints (between trials) carry the counters and RNG states (the base) plus the update credit, and
 the replay is written beside them (``<checkpoint dir>/replay/trial-<k>-rank<r>``, the newest only),
-so a resumed run continues exactly. Without a snapshot (``save_replay=false`` or deleted) a resumed run starts from an
-empty replay and waits ``learning_starts`` trials again: it trains on, but no longer matches the
-uninterrupted run.
+so a resumed run continues exactly. Without a snapshot (``save_replay=false`` or deleted) a resumed
+run starts from an empty replay and waits ``learning_starts`` trials again: it trains on, but no
+longer matches the uninterrupted run.
 """
 
 from __future__ import annotations
@@ -44,7 +44,9 @@ from lightning_memo.rollout import env_attribute
 
 @dataclass
 class AmagoConfig:
-    """The off-policy recipe. Defaults follow AMAGO's Dark-Key-To-Door settings where they are known."""
+    """The off-policy recipe. The ensemble size, ``tau``, the discount factors and the loss weights are
+    the recipe's; the schedule, replay and head sizes are this package's defaults (CPU configs shrink
+    ``head_hidden``)."""
 
     trial_len: int = 500  # T: steps per trial (must match the env)
     update_every: int = 100  # U: steps between update rounds inside a trial; must divide trial_len
@@ -71,8 +73,9 @@ class AmagoConfig:
     warmup_steps: int = 0  # gradient steps of linear LR warm-up
     max_grad_norm: float = 1.0
     eps_anneal_steps: int = 500_000  # env steps (all ranks) over which exploration anneals
-    eps_first: List[float] = field(default_factory=lambda: [1.0, 0.05])  # epsilon at the trial start: begin, end of anneal
-    eps_last: List[float] = field(default_factory=lambda: [0.8, 0.01])  # epsilon at the trial end: begin, end of anneal
+    # epsilon at the trial's first / last step: [at the start of training, after eps_anneal_steps]
+    eps_first: List[float] = field(default_factory=lambda: [1.0, 0.05])
+    eps_last: List[float] = field(default_factory=lambda: [0.8, 0.01])
     num_trials: int = 100  # trials per rank
     refresh: bool = True  # add CacheRefresh (re-encode after each update round); false warns: stale cache
 
@@ -81,7 +84,8 @@ class AmagoConfig:
         for key in ("trial_len", "update_every", "batch_size", "replay_capacity", "num_critics", "num_trials",
                     "head_hidden", "learning_starts"):
             v = getattr(self, key)
-            require(isinstance(v, int) and not isinstance(v, bool) and v >= 1, f"amago.{key}: must be an integer >= 1, got {v!r}.")
+            ok = isinstance(v, int) and not isinstance(v, bool) and v >= 1
+            require(ok, f"amago.{key}: must be an integer >= 1, got {v!r}.")
         for key in ("head_layers", "warmup_steps", "eps_anneal_steps"):
             v = getattr(self, key)
             require(isinstance(v, int) and v >= 0, f"amago.{key}: must be an integer >= 0, got {v!r}.")
@@ -89,18 +93,26 @@ class AmagoConfig:
             self.trial_len % self.update_every == 0,
             f"amago.update_every: must divide trial_len={self.trial_len}, got {self.update_every}.",
         )
-        require(self.num_critics >= 2, f"amago.num_critics: TD targets take the min of 2 critics; need >= 2, got {self.num_critics}.")
+        require(
+            self.num_critics >= 2,
+            f"amago.num_critics: TD targets take the min of 2 critics; need >= 2, got {self.num_critics}.",
+        )
         require(
             self.learning_starts <= self.replay_capacity,
-            f"amago.learning_starts={self.learning_starts} exceeds replay_capacity={self.replay_capacity}: updates would never start.",
+            f"amago.learning_starts={self.learning_starts} exceeds replay_capacity={self.replay_capacity}: "
+            "updates would never start.",
         )
         require(
             self.replay_window is None or 2 <= self.replay_window <= self.trial_len,
-            f"amago.replay_window: must be null (whole trials) or in [2, trial_len={self.trial_len}], got {self.replay_window}.",
+            f"amago.replay_window: must be null (whole trials) or in [2, trial_len={self.trial_len}], "
+            f"got {self.replay_window}.",
         )
         require(len(self.gammas) >= 1 and all(0.0 <= g < 1.0 for g in self.gammas),
                 f"amago.gammas: must be a non-empty list of discount factors in [0, 1), got {list(self.gammas)}.")
-        require(self.act_gamma in self.gammas, f"amago.act_gamma={self.act_gamma} must be one of amago.gammas {list(self.gammas)}.")
+        require(
+            self.act_gamma in self.gammas,
+            f"amago.act_gamma={self.act_gamma} must be one of amago.gammas {list(self.gammas)}.",
+        )
         require(0.0 < self.tau <= 1.0, f"amago.tau: must be in (0, 1], got {self.tau}.")
         require(0.0 < self.popart_beta <= 1.0, f"amago.popart_beta: must be in (0, 1], got {self.popart_beta}.")
         for key in ("updates_per_env_step", "critic_coef", "bc_coef"):
@@ -129,8 +141,8 @@ class MemoAmago(TrialModule):
     def __init__(self, policy: MemoPolicy, env: EnvSource, cfg: AmagoConfig, seed: int = 0) -> None:
         cfg.validate()
         amago_policy = AmagoPolicy(
-            policy, cfg.gammas, cfg.act_gamma, cfg.num_critics, cfg.head_hidden, cfg.head_layers,
-            cfg.popart_beta, cfg.popart_init_std,
+            policy, cfg.gammas, cfg.act_gamma, num_critics=cfg.num_critics, hidden=cfg.head_hidden,
+            layers=cfg.head_layers, popart_beta=cfg.popart_beta, popart_init_std=cfg.popart_init_std,
         )
         super().__init__(amago_policy, env, cfg.trial_len, cfg.num_trials, seed)
         self.automatic_optimization = False
@@ -163,7 +175,9 @@ class MemoAmago(TrialModule):
             raise ValueError(f"the env has {n} actions but the policy was built for {self.policy.num_actions}.")
         trial_len = env_attribute(env, "trial_len")
         if trial_len is not None and trial_len != self.cfg.trial_len:
-            raise ValueError(f"amago.trial_len={self.cfg.trial_len} but the env's trial_len is {trial_len}; set them equal.")
+            raise ValueError(
+                f"amago.trial_len={self.cfg.trial_len} but the env's trial_len is {trial_len}; set them equal."
+            )
 
     def default_cache_refresh(self) -> CacheRefresh | None:
         return CacheRefresh() if self.cfg.refresh else None
@@ -172,7 +186,8 @@ class MemoAmago(TrialModule):
         cfg = self.cfg
         params = [p for p in self.policy.parameters() if p.requires_grad]  # not the Polyak targets
         opt = torch.optim.Adam(params, lr=cfg.lr, eps=cfg.adam_eps)
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / cfg.warmup_steps) if cfg.warmup_steps else 1.0)
+        warmup = max(cfg.warmup_steps, 1)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warmup))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     # ------------------------------------------------------------- one trial
@@ -199,7 +214,8 @@ class MemoAmago(TrialModule):
     def exploration_rate(self, step: int) -> float:
         """Exploration rate at trial step ``step`` after ``env_steps`` env steps (bilevel schedule)."""
         cfg = self.cfg
-        return float(bilevel_epsilon(step, cfg.trial_len, self.env_steps, cfg.eps_anneal_steps, tuple(cfg.eps_first), tuple(cfg.eps_last)))
+        first, last = tuple(cfg.eps_first), tuple(cfg.eps_last)
+        return float(bilevel_epsilon(step, cfg.trial_len, self.env_steps, cfg.eps_anneal_steps, first, last))
 
     def _explore(self, env: EnvBase, td: TensorDictBase) -> None:
         """Collector step hook: the exploration rate of the step about to be acted on."""

@@ -17,7 +17,7 @@ Training reads :meth:`features` (one sequence pass) and applies every head of ``
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 from tensordict import TensorDictBase
@@ -38,28 +38,17 @@ class AmagoPolicy(MemoPolicy):
         policy: the policy whose encoder and memory this one uses.
         gammas: the discount factors of every head.
         act_gamma: the discount factor whose actor acts (one of ``gammas``).
-        num_critics, hidden, layers, popart_beta, popart_init_std: see :class:`AmagoHeads`.
+        **head_options: ``num_critics``, ``hidden``, ``layers``, ``popart_beta``, ``popart_init_std`` of
+            :class:`AmagoHeads`.
     """
 
-    def __init__(
-        self,
-        policy: MemoPolicy,
-        gammas: Sequence[float],
-        act_gamma: float,
-        num_critics: int = 4,
-        hidden: int = 256,
-        layers: int = 2,
-        popart_beta: float = 5e-4,
-        popart_init_std: float = 1.0,
-    ) -> None:
+    def __init__(self, policy: MemoPolicy, gammas: Sequence[float], act_gamma: float, **head_options: Any) -> None:
         super().__init__(policy.memory, policy.num_actions, policy.observation_keys, encoder=policy.encoder)
         del self.actor_head, self.critic_head  # MemoPolicy's linear heads: replaced by the off-policy heads
         if act_gamma not in gammas:
             raise ValueError(f"act_gamma={act_gamma} must be one of the discount factors {list(gammas)}.")
         self.act_gamma_index = list(gammas).index(act_gamma)
-        self.amago = AmagoHeads(
-            self.memory.d_model, self.num_actions, tuple(gammas), num_critics, hidden, layers, popart_beta, popart_init_std
-        )
+        self.amago = AmagoHeads(self.memory.d_model, self.num_actions, tuple(gammas), **head_options)
         self.epsilon = 0.0
 
     @property

@@ -64,7 +64,9 @@ class PopArt(nn.Module):
         return y * self._per_gamma(self.sigma, action_dim) + self._per_gamma(self.mu, action_dim)
 
     @torch.no_grad()
-    def update(self, targets: Tensor, mask: Tensor | None = None, reduce: Callable[[Tensor], Tensor] | None = None) -> None:
+    def update(
+        self, targets: Tensor, mask: Tensor | None = None, reduce: Callable[[Tensor], Tensor] | None = None
+    ) -> None:
         """Move the statistics toward the batch of original-scale ``targets [*, G]`` (entries where
         ``mask [*]`` is true), then rescale ``w``, ``b`` so that ``forward(x, normalized=False)`` is
         unchanged for every ``x``. ``reduce`` averages the batch moments ``[2, G]`` over processes

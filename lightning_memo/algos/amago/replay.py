@@ -35,7 +35,10 @@ class TrialReplay:
             raise ValueError(f"replay capacity must be >= 1 trial, got {capacity}.")
         if window is not None and window < 1:
             raise ValueError(f"replay window must be >= 1 step or None (whole trials), got {window}.")
-        storage = LazyTensorStorage(capacity) if memmap_dir is None else LazyMemmapStorage(capacity, scratch_dir=memmap_dir)
+        if memmap_dir is None:
+            storage = LazyTensorStorage(capacity)
+        else:
+            storage = LazyMemmapStorage(capacity, scratch_dir=memmap_dir)
         self.buffer = ReplayBuffer(storage=storage, sampler=RandomSampler())
         self.capacity, self.window = capacity, window
 

@@ -7,12 +7,22 @@ One training step = one trial of ``T = trial_len`` steps on ``N`` envs (:class:`
    GAE over the prefix ``[0, t)`` (bootstrapped with the current ``V(s_t)``, cut at inner episodes),
    ``epochs`` passes over minibatches of whole env sequences; each forward reads the whole prefix in
    sequence mode (segment randomisation on) and the loss is masked to the new window ``[t-U, t)``;
-   the last update of the trial covers all ``T`` steps. Gradients are accumulated over
-   ``grad_accumulation`` minibatches, clipped to ``max_grad_norm``, Adam steps, and the LR schedule
-   (linear warm-up, cosine decay) steps with it.
+   the last update of the trial covers all ``T`` steps. In episodic trials (envs with a root ``active``
+   flag) steps of rows whose episode has ended (not stepped) carry no loss and are not env steps, and
+   the trial stops at the step where its last row ends (its last update covers that prefix). Gradients
+   are accumulated over ``grad_accumulation`` minibatches, clipped to ``max_grad_norm``, Adam steps,
+   and the LR schedule (linear warm-up, cosine decay) steps with it.
 3. After every update but the trial's last, the ``on_policy_update`` hook: the :class:`CacheRefresh`
    callback calls ``refresh_cache()`` (cache and stored values rebuilt under the new weights).
 4. ``end_trial()``: counters, ``on_trial_end`` (trial metrics).
+
+Value normalisation is PopArt (``value_norm``, on by default): the critic head
+(:class:`~lightning_memo.policy.PopArtHead`) learns in units of running statistics of the value
+targets and is rescaled when they change, so values in reward units (stored, bootstrapped, refreshed)
+never jump. PopArt rather than dividing targets by running statistics alone, because partial updates
+keep values computed before an update (in the trial history and the memory's bootstrap) and GAE mixes
+them with fresh ones: only an output-preserving rescale keeps both on the same scale. ``reward_scale``
+multiplies the rewards the update sees (not the logged returns).
 """
 
 from __future__ import annotations
@@ -25,6 +35,7 @@ from typing import Optional
 import torch
 from torch.distributions import Categorical
 from torchrl.envs import EnvBase
+from torchrl.envs.utils import step_mdp
 
 from lightning_memo.algos.base import EnvSource, TrialModule, require
 from lightning_memo.algos.ppo.losses import clipped_policy_loss, explained_variance, masked_mean, trial_gae, value_loss
@@ -46,9 +57,12 @@ class PPOConfig:
     lmbda: float = 0.95
     cut_episodes: bool = True  # GAE cut at inner-episode ends (False: bootstrap across, RL^2-style)
     normalize_advantages: bool = False
+    value_norm: bool = True  # PopArt: the critic learns normalised targets (raw rewards of any scale)
+    value_norm_beta: float = 0.02  # weight of each update's targets in the running statistics
+    reward_scale: float = 1.0  # rewards are multiplied by this in the update (returns are logged unscaled)
     clip_eps: float = 0.2
     value_coef: float = 0.5
-    value_clip: Optional[float] = None  # clipped-value loss when set (e.g. 0.2)
+    value_clip: Optional[float] = None  # clipped-value loss when set (e.g. 0.2; in normalised units with value_norm)
     entropy_coef: float = 0.01
     max_grad_norm: float = 0.2
     lr: float = 4e-4
@@ -77,7 +91,8 @@ class PPOConfig:
         )
         for key in ("gamma", "lmbda", "min_lr_ratio"):
             require(0.0 <= getattr(self, key) <= 1.0, f"ppo.{key}: must be in [0, 1], got {getattr(self, key)}.")
-        for key in ("clip_eps", "lr", "adam_eps", "max_grad_norm"):
+        require(0.0 < self.value_norm_beta <= 1.0, f"ppo.value_norm_beta: must be in (0, 1], got {self.value_norm_beta}.")
+        for key in ("clip_eps", "lr", "adam_eps", "max_grad_norm", "reward_scale"):
             require(getattr(self, key) > 0, f"ppo.{key}: must be > 0, got {getattr(self, key)}.")
         for key in ("value_coef", "entropy_coef"):
             require(getattr(self, key) >= 0, f"ppo.{key}: must be >= 0, got {getattr(self, key)}.")
@@ -138,14 +153,50 @@ class MemoPPO(TrialModule):
         U, T = self.cfg.update_every, self.cfg.trial_len
         self.start_trial()
         for t in range(U, T + 1, U):
+            window_start = self.collector.t  # an episodic trial may have ended early on this rank
             self.collect(U)
-            last = t == T
-            stats = self.update(window_start=0 if last else t - U, bootstrap=not last)
-            if not last:
-                self.call_trial_hook("on_policy_update")  # CacheRefresh: self.refresh_cache()
+            last = t == T or self.all_episodes_ended()
+            stats = self.update(window_start=0 if last else window_start, bootstrap=not last)
+            if last:
+                break
+            self.call_trial_hook("on_policy_update")  # CacheRefresh: self.refresh_cache()
         self.end_trial()
         self.log_dict({f"train/{k}": v for k, v in stats.items()}, on_step=True, sync_dist=True)
         self.log("env_steps", float(self.env_steps), on_step=True)
+
+    def collect(self, steps: int):
+        """As :meth:`TrialModule.collect`, for episodic trials too (envs with an ``active`` flag): a trial
+        whose rows have all ended stops there, and steps of rows that have ended are not env steps."""
+        collector = self.collector
+        if "active" not in collector.pending.keys():
+            return super().collect(steps)
+        start = collector.t
+        if not self.rows_active():  # this rank's trial is over; other ranks' may not be
+            window = collector.history[:, start:]
+        else:
+            window = super().collect(steps)
+            self.env_steps -= collector.num_envs * steps * self.trainer.world_size  # recounted below
+            ended = flag(window, ("next", "done")).all(0).nonzero()
+            if len(ended) and int(ended[0]) < steps - 1:
+                # TorchRL's rollout reset the env after the trial's end: drop the steps of the next trial
+                keep = int(ended[0]) + 1
+                window = window[:, :keep]
+                collector.t, collector.pending = start + keep, step_mdp(window[:, -1], exclude_action=True)
+        stepped = flag(window, "active").sum().to(self.device, torch.float32)
+        self.env_steps += int(self.trainer.strategy.reduce(stepped, reduce_op="sum"))
+        return window
+
+    def rows_active(self) -> bool:
+        """Whether some row of this rank's trial is still running (always, for envs without ``active``)."""
+        active = flag(self.collector.pending, "active")
+        return active is None or bool(active.any())
+
+    def all_episodes_ended(self) -> bool:
+        """Whether every row of an episodic trial has ended, on every rank (the rest would be idle)."""
+        if flag(self.collector.pending, "active") is None:
+            return False
+        ended = torch.tensor(float(not self.rows_active()), device=self.device)
+        return bool(self.trainer.strategy.reduce(ended, reduce_op="mean") == 1.0)
 
     def update(self, window_start: int, bootstrap: bool = True) -> dict[str, float]:
         """One PPO update on the prefix ``[0, t)``, loss on ``[window_start, t)``; returns mean stats."""
@@ -155,20 +206,35 @@ class MemoPPO(TrialModule):
         # 1. advantages over the whole prefix, bootstrapped with V(s_t) (one step from the live cache)
         last_value = policy.peek_value(collector.pending) if bootstrap else torch.zeros(N, device=self.device)
         values = history.get(VALUE_KEY).float()
+        episode_end, trial_end = flag(history, ("next", "episode_end")), flag(history, ("next", "done"))
+        next_active = flag(history, ("next", "active"))
+        if next_active is not None:  # an episodic row that ended is terminal even when GAE crosses episodes
+            trial_end = trial_end | (episode_end & ~next_active)
         advantages, returns = trial_gae(
-            history.get(("next", "reward")).reshape(N, t).float(),
+            history.get(("next", "reward")).reshape(N, t).float() * cfg.reward_scale,
             values,
             last_value.to(values.device),
-            flag(history, ("next", "episode_end")),
-            flag(history, ("next", "done")),
+            episode_end,
+            trial_end,
             cfg.gamma,
             cfg.lmbda,
             cfg.cut_episodes,
         )
+        # the loss mask: the new window, without the steps of rows that were not stepped
         window = torch.zeros(N, t, dtype=torch.bool, device=history.device)
         window[:, window_start:] = True
-        if cfg.normalize_advantages:
+        active = flag(history, "active")
+        if active is not None:
+            window &= active
+        if cfg.normalize_advantages and window.any():
             advantages = (advantages - advantages[window].mean()) / (advantages[window].std() + 1e-8)
+        head = policy.critic_head
+        if cfg.value_norm:
+            targets = returns[window].double()
+            sums = torch.stack((targets.sum(), targets.pow(2).sum(), targets.new_tensor(targets.numel())))
+            sums = self.trainer.strategy.reduce(sums, reduce_op="sum")  # every rank: the same statistics
+            if sums[2] > 0:
+                head.update(sums[:2] / sums[2], cfg.value_norm_beta)
         old_log_prob = history.get(LOG_PROB_KEY).float()
         actions = history.get(ACTION_KEY).reshape(N, t)
 
@@ -186,7 +252,11 @@ class MemoPPO(TrialModule):
                 pg_loss, clip_frac, approx_kl = clipped_policy_loss(
                     dist.log_prob(actions[idx]), old_log_prob[idx], advantages[idx], mask, cfg.clip_eps
                 )
-                v_loss = value_loss(new_values.float(), values[idx], returns[idx], mask, cfg.value_clip)
+                # in the critic's normalised units (identity without value_norm): a loss scale free of the rewards'
+                v_loss = value_loss(
+                    head.normalize(new_values.float()), head.normalize(values[idx]), head.normalize(returns[idx]),
+                    mask, cfg.value_clip,
+                )
                 entropy = masked_mean(dist.entropy(), mask)
                 loss = pg_loss + cfg.value_coef * v_loss - cfg.entropy_coef * entropy
                 terms = {"policy_loss": pg_loss, "value_loss": v_loss, "entropy": entropy, "loss": loss,
