@@ -3,11 +3,13 @@ l_seg 256, l_sum 32).
 
 1. Forward+backward time of sequence mode on T-step sequences: the cached-memory path (each summary
    encoded once, its K/V reused) against the naive path that re-encodes ``[M | C | E]`` per window
-   (the test oracle in ``tests/nn/naive_memo.py``), with the tokens each pushes through the layers.
+   (the test oracle in ``tests/nn/naive_memo.py``), and a full-context Transformer (FCT) of the same
+   size, with the tokens and FLOPs each pushes through the layers and the achieved FLOP rate.
 2. Step-mode cache bytes per row at 4,096 and 32,000 steps, and at the last step of the segments
    they open (where the current segment is fullest), the cache rebuilt with ``refresh`` and read with
    ``cache_nbytes`` (held) and ``cache_allocated_nbytes`` (storage), against a full-context
-   Transformer's cache of ``t`` tokens.
+   Transformer's cache of ``t`` tokens; the ratios are full / held and full / allocated (what the
+   saving is in memory actually reserved).
 
 Denormal floats (tiny gradients of a mean loss) slow CPU matrix products by an order of magnitude
 and would swamp the comparison, so the script flushes them to zero (``torch.set_flush_denormal``).
@@ -28,7 +30,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # for the naive oracle under tests/
 
-from lightning_memo.nn import MemoMemory  # noqa: E402
+from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
+
+from lightning_memo.nn import FullContextMemory, MemoMemory  # noqa: E402
 from tests.nn.naive_memo import naive_memo_sequence  # noqa: E402
 
 
@@ -75,26 +79,51 @@ def main() -> None:
     x = torch.randn(args.batch, args.steps, size["d_model"])
     seg, summ = size["segment_len"], size["summary_len"]
 
+    fct_size = {k: v for k, v in size.items() if k not in ("segment_len", "summary_len")}
+    fct = FullContextMemory(**fct_size).eval()
+
     def fwd_bwd(path):
         def run():
-            memo.zero_grad(set_to_none=True)
-            out = memo.forward_sequence(x, segment_len=seg) if path == "cached" else naive_memo_sequence(memo, x, seg)
+            model = fct if path == "fct" else memo
+            model.zero_grad(set_to_none=True)
+            if path == "cached":
+                out = memo.forward_sequence(x, segment_len=seg)
+            elif path == "naive":
+                out = naive_memo_sequence(memo, x, seg)
+            else:
+                out = fct.forward_sequence(x)
             out.square().mean().backward()
 
         return run
 
-    print(f"Memo sequence mode, forward+backward, B={args.batch}, T={args.steps}, size={size}")
+    def flops(fn) -> int:
+        with FlopCounterMode(display=False) as counter:
+            fn()
+        return counter.get_total_flops()
+
+    print(f"Memo sequence mode, forward+backward, B={args.batch}, T={args.steps}, size={size}, "
+          f"{torch.get_num_threads()} torch thread(s), float32, torch {torch.__version__}")
+    print("FLOPs counted by torch.utils.flop_counter (matrix products and attention, forward and backward);")
+    print("'x fct time' / 'x fct flops': FCT's value over this path's (the speed-up, and the speed-up the FLOPs allow)")
     rows = []
-    for path in ("cached", "naive"):
-        rows.append((path, tokens_through_layers(args.steps, seg, summ, path == "naive"), timed(fwd_bwd(path), args.repeats)))
-    naive_time = rows[1][2]
-    print(f"{'path':<8} {'tokens':>8} {'seconds':>9} {'speed-up':>9}")
-    for path, tokens, seconds in rows:
-        print(f"{path:<8} {tokens:>8} {seconds:>9.3f} {naive_time / seconds:>8.2f}x")
+    for path in ("cached", "naive", "fct"):
+        run = fwd_bwd(path)
+        rows.append((path, tokens_through_layers(args.steps, seg, summ, path == "naive") if path != "fct" else args.steps,
+                     flops(run), timed(run, args.repeats)))
+    naive_time, (_, _, fct_flops, fct_time) = rows[1][3], rows[2]
+    print(f"{'path':<8} {'tokens':>8} {'GFLOP':>8} {'seconds':>9} {'GFLOP/s':>8} {'x naive':>8} {'x fct time':>10} "
+          f"{'x fct flops':>11}")
+    for path, tokens, n_flops, seconds in rows:
+        print(f"{path:<8} {tokens:>8} {n_flops / 1e9:>8.1f} {seconds:>9.3f} {n_flops / seconds / 1e9:>8.1f} "
+              f"{naive_time / seconds:>7.2f}x {fct_time / seconds:>9.2f}x {fct_flops / n_flops:>10.2f}x")
+    a = torch.randn(1024, 1024)
+    matmul = timed(lambda: a @ a, 5)
+    print(f"matrix product rate (1024^3, same run): {2 * 1024**3 / matmul / 1e9:.1f} GFLOP/s")
 
     print("\nStep-mode cache per row (float32), Memo vs a full-context cache of t tokens")
     per_token = 2 * size["n_layers"] * size["d_model"] * 4
-    print(f"{'steps':>7} {'memo tokens':>12} {'memo MiB':>9} {'alloc MiB':>10} {'full MiB':>9} {'ratio':>7}")
+    print(f"{'steps':>7} {'memo tokens':>12} {'memo MiB':>9} {'alloc MiB':>10} {'full MiB':>9} {'held ratio':>10} "
+          f"{'alloc ratio':>11}")
     with torch.no_grad():
         for t in horizons:
             memo.refresh(torch.randn(1, t, size["d_model"]))
@@ -102,7 +131,7 @@ def main() -> None:
             memo_bytes, alloc, full_bytes = memo.cache_nbytes(), memo.cache_allocated_nbytes(), t * per_token
             assert tokens == summ * (t // seg) + t % seg
             print(f"{t:>7} {tokens:>12} {memo_bytes / 2**20:>9.2f} {alloc / 2**20:>10.2f} {full_bytes / 2**20:>9.2f} "
-                  f"{full_bytes / memo_bytes:>6.2f}x")
+                  f"{full_bytes / memo_bytes:>9.2f}x {full_bytes / alloc:>10.2f}x")
 
 
 if __name__ == "__main__":

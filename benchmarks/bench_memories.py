@@ -1,41 +1,48 @@
-"""Cache bytes per row and step-mode latency vs horizon for every memory, in one table (ratios vs FCT).
+"""Step-mode latency and cache bytes (held and allocated) vs horizon for every memory, with the floors
+each step is measured against taken in the same run.
 
-Reference size (4 layers, 8 heads, d 256, MLP 1024; Memo/RMT l_seg 256, l_sum 32), batch 16, float32.
+Reference size (4 layers, 8 heads, d 256, MLP 1024; Memo/RMT l_seg 256, l_sum 32), batch 16.
 Memories: memo, fct, rmt, streaming memo (``max_memory_tokens=768``: 24 summaries + one segment ~ the
 paper's 1,024-token budget), streaming fct (``window=6000``, the paper's budget), gru (4 layers).
 
-What is measured, per memory and horizon H (steps of one trial so far):
+Per memory and horizon H, the timed steps are steps ``H - steps/2 .. H + steps/2 - 1`` of one trial, so
+at the default horizons (multiples of ``l_seg``) they straddle a segment end: **median** is an ordinary
+step, **slowest** the one that also writes Memo's/RMT's summary (or evicts a streaming block when one
+falls in the window). The state before them is either
 
-* **cache/row**: ``cache_nbytes() / batch`` after H steps -- Memo ``l_sum*floor(H/l_seg) + H mod l_seg``
-  tokens (streaming: memory capped), RMT ``l_sum + H mod l_seg``, FCT ``H`` (streaming: ``window``),
-  each token ``2 * n_layers * d * 4`` bytes; GRU its hidden state.
-* **step**: median wall time of one ``step()`` of the whole batch over ``--steps`` steps taken from the
-  state at H (after one untimed warm-up step). The horizons are multiples of ``l_seg``, so these steps
-  are ordinary ones: Memo's/RMT's once-per-segment summary write (and streaming Memo's eviction) and
-  streaming FCT's block eviction (every ``evict_block=256`` steps) are not among them.
+* **stepped**: reached by real ``step()`` calls from an empty cache, so summary writes, evictions and
+  storage growth all happened as in a rollout (used for H <= ``--step-max``), or
+* **filled**: random keys/values of exactly the shape the memory holds there (memory plus current
+  segment), storage reserved to that size plus the timed steps (so no timed step regrows it, and
+  *alloc/held* of a filled row is not the growth policy's); what a step costs depends only on that shape. Stepping to
+  32k on a small CPU takes hours (FCT's steps grow with t), so larger H are filled and labelled so.
+  ``--both`` also fills at the stepped horizons, to show the two side by side.
 
-Reaching H by stepping (or by ``refresh()``, which is ``O(H^2)`` for FCT) takes far too long on a small
-CPU, so by default each cache is *filled*: every row gets random keys/values of exactly the shape the
-memory holds at H (Memo/RMT: memory plus current segment), which is all a step's cost depends on; the
-GRU's state has the same size at every H. ``--exact`` builds the state with ``refresh()`` on random
-history instead (the faithful route, for a GPU). ``--quick`` runs small horizons and batch and checks
-that the filled caches have the same sizes as refreshed ones.
+Columns: bytes held and allocated per row (``cache_nbytes``, ``cache_allocated_nbytes``); the step
+times; **bw floor**: the time to read once the keys/values the step attends to plus the weights (a
+``sum`` over the cache's own storage and the parameters, timed interleaved with the steps, so both see
+the same machine load); **x floor** = median step / bw floor; **x fct** = FCT's median step / this one.
+A first table puts the step on an empty cache against the **weight-read floor** (reading the
+parameters once) and the **matmul floor** (the model's linear layers alone on a batch-``B`` input).
 
-    python benchmarks/bench_memories.py [--quick] [--exact] [--threads N] [--device cuda]
+    python benchmarks/bench_memories.py [--quick] [--threads N] [--device cuda] [--step-max H] [--both]
+
+On CUDA the steps run under ``torch.autocast(bfloat16)`` (``--precision bf16-mixed``, the default
+there; caches then hold bfloat16) and every horizon is stepped unless ``--step-max`` says otherwise.
 """
 
 from __future__ import annotations
 
 import argparse
-import gc
+import contextlib
 import statistics
 import sys
 import time
+from typing import Callable
 
 import torch
 
-from lightning_memo.nn import make_memory
-from lightning_memo.nn import FullContextMemory, GRUMemory, MemoMemory, RMTMemory, SequenceMemory
+from lightning_memo.nn import KVCache, MemoMemory, SequenceMemory, make_memory
 
 REFERENCE = dict(d_model=256, n_layers=4, n_heads=8, mlp_ratio=4.0)
 SEGMENTS = dict(segment_len=256, summary_len=32)
@@ -49,111 +56,185 @@ MEMORIES = {
 }
 
 
-def held_tokens(memory: SequenceMemory, H: int) -> tuple[int, int]:
-    """(memory tokens, newest tokens) a Transformer memory holds per row after H steps of one trial."""
-    cfg = memory.config
-    if isinstance(memory, FullContextMemory):
-        return 0, min(H, cfg.window or H)
-    L, S = cfg.segment_len, cfg.summary_len
-    if isinstance(memory, RMTMemory):
-        return (S if H >= L else 0), H % L
-    m = S * (H // L)
-    if cfg.max_memory_tokens is not None and m > cfg.max_memory_tokens:  # whole summaries evicted
-        m -= -(-(m - cfg.max_memory_tokens) // S) * S
-    return m, H % L
+class Clock:
+    """Wall times that wait for the device (CUDA runs asynchronously)."""
 
+    def __init__(self, device: str) -> None:
+        self.cuda = device.startswith("cuda")
 
-def fill(memory: SequenceMemory, H: int, batch: int, spare: int) -> None:
-    """Put ``memory`` in the state it has after H steps, with random contents (see the module doc)."""
-    memory.reset_cache(batch)
-    if isinstance(memory, GRUMemory):
-        return  # fixed-size state
-    m, n = held_tokens(memory, H)
-    cache, cfg = memory.new_cache(batch), memory.config
-    head_dim = cfg.d_model // cfg.n_heads
-    like = next(memory.parameters())
-    cache.reserve(m + n + spare, like)  # no regrowth while timing
-    rows = torch.arange(batch, device=like.device)
-    for layer in range(cfg.n_layers):
-        kv = torch.randn(2, batch, cfg.n_heads, m + n, head_dim, dtype=like.dtype, device=like.device)
-        cache.fill(rows, layer, kv[0], kv[1])
-    cache.lengths.fill_(m + n)
-    if isinstance(memory, MemoMemory):  # Memo and RMT: the first m tokens are memory
-        cache.counters["memory"].fill_(m)
-    elif cfg.position_policy == "grow":
-        cache.offsets.fill_(H - n)
-    memory.load_cache_state(cache)
-
-
-def build(memory: SequenceMemory, H: int, batch: int, exact: bool, spare: int, device: str) -> None:
-    if exact:
-        memory.refresh(torch.randn(batch, H, memory.d_model, device=device))
-    else:
-        fill(memory, H, batch, spare)
-
-
-def time_steps(memory: SequenceMemory, batch: int, steps: int, device: str) -> float:
-    """Median seconds per step over ``steps`` steps (after one warm-up step)."""
-    xs = torch.randn(steps + 1, batch, memory.d_model, device=device)
-    times = []
-    for i, x in enumerate(xs):
-        if device.startswith("cuda"):
+    def __call__(self, fn: Callable[[], object]) -> float:
+        if self.cuda:
             torch.cuda.synchronize()
         start = time.perf_counter()
-        memory.step(x)
-        if device.startswith("cuda"):
+        fn()
+        if self.cuda:
             torch.cuda.synchronize()
-        if i:
-            times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        return time.perf_counter() - start
+
+
+def held_shape(memory: SequenceMemory, H: int) -> tuple[int, int, int]:
+    """(memory tokens, newest tokens, position offset) a Transformer memory holds per row after H steps."""
+    cfg = memory.config
+    if not isinstance(memory, MemoMemory):  # FCT: the last min(H, window) steps (the refreshed layout)
+        kept = min(H, cfg.window or H)
+        return 0, kept, (H - kept if cfg.position_policy == "grow" else 0)
+    L, S = cfg.segment_len, cfg.summary_len
+    if type(memory) is not MemoMemory:  # RMT: the last summary only
+        return (S if H >= L else 0), H % L, 0
+    m = S * (H // L)
+    offset = 0
+    if cfg.max_memory_tokens is not None and m > cfg.max_memory_tokens:  # whole summaries evicted
+        evicted = -(-(m - cfg.max_memory_tokens) // S) * S
+        m -= evicted
+        offset = evicted if cfg.position_policy == "grow" else 0
+    return m, H % L, offset
+
+
+def filled_cache(memory: SequenceMemory, H: int, batch: int, dtype: torch.dtype, device: str, spare: int) -> object:
+    """A cache in the state of step H with random contents (see the module doc); storage: what is held
+    plus ``spare`` slots, so that no timed step regrows it."""
+    cache = memory.new_cache(batch)
+    if not isinstance(cache, KVCache):
+        return cache  # GRU: a fixed-size state
+    m, n, offset = held_shape(memory, H)
+    cfg = memory.config
+    like = torch.empty(0, dtype=dtype, device=device)
+    cache.reserve(m + n + spare, like)
+    rows = torch.arange(batch, device=device)
+    for layer in range(cfg.n_layers):
+        kv = torch.randn(2, batch, cfg.n_heads, m + n, cfg.d_model // cfg.n_heads, dtype=dtype, device=device)
+        cache.fill(rows, layer, kv[0], kv[1])
+    cache.lengths.fill_(m + n)
+    cache.offsets.fill_(offset)
+    if "memory" in cache.counters:
+        cache.counters["memory"].fill_(m)
+    if "episode_step" in cache.counters:
+        cache.counters["episode_step"].fill_(H)
+    return cache
+
+
+def read_floor(memory: SequenceMemory, cache: object) -> Callable[[], object]:
+    """Reads once what a step must read: the keys/values of the held slots (the cache's own storage)
+    and every parameter."""
+    params = list(memory.parameters())
+
+    def read() -> None:
+        for p in params:
+            p.sum()
+        if isinstance(cache, KVCache) and cache.kv is not None:
+            span = int(cache.lengths.max())
+            window = getattr(memory.config, "window", None)
+            first = 0 if window is None else max(0, span - window)
+            cache.kv[..., first:span, :].sum()
+
+    return read
+
+
+def matmul_floor(memory: SequenceMemory, batch: int, device: str) -> Callable[[], object]:
+    """The model's linear layers alone, on one token per row (what a step computes at the least)."""
+    linears = [m for m in memory.modules() if isinstance(m, torch.nn.Linear)]
+    inputs = [torch.randn(batch, 1, m.in_features, device=device) for m in linears]
+    if not linears:  # recurrent: the GRU's input and hidden products
+        rnn = next(m for m in memory.modules() if isinstance(m, torch.nn.RNNBase))
+        weights = [w for name, w in rnn.named_parameters() if name.startswith("weight")]
+        inputs = [torch.randn(batch, w.shape[1], device=device) for w in weights]
+        return lambda: [x @ w.T for x, w in zip(inputs, weights)]
+    return lambda: [m(x) for m, x in zip(linears, inputs)]
+
+
+def timed_steps(memory, cache, xs, clock, floor) -> tuple[list[float], list[float]]:
+    """Step through ``xs [steps, B, D]`` against ``cache``, timing each step and, between steps, the floor."""
+    steps, floors = [], []
+    for x in xs:
+        steps.append(clock(lambda: memory.step(x, cache=cache)))
+        floors.append(clock(floor))
+    return steps, floors
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="horizons 256/1024, batch 4; check fill == refresh sizes")
-    parser.add_argument("--exact", action="store_true", help="build each state with refresh() (slow on CPU)")
-    parser.add_argument("--steps", type=int, default=20, help="timed steps per point")
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="horizons 256/512, batch 4, stepped: a smoke run")
+    parser.add_argument("--steps", type=int, default=16, help="timed steps per point (straddling H)")
     parser.add_argument("--batch", type=int, default=None)
     parser.add_argument("--horizons", type=int, nargs="+", default=None)
+    parser.add_argument("--memories", nargs="+", default=list(MEMORIES), choices=list(MEMORIES))
+    parser.add_argument("--step-max", type=int, default=None, help="step (not fill) up to this H (cpu: 1024)")
+    parser.add_argument("--both", action="store_true", help="also fill at the stepped horizons")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--precision", choices=["32", "bf16-mixed"], default=None, help="cuda: bf16-mixed")
     parser.add_argument("--threads", type=int, default=1, help="CPU intra-op threads (1: steadiest on a shared box)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    horizons = args.horizons or ([256, 1024] if args.quick else [1024, 4096, 16384, 32768])
+    cuda = args.device.startswith("cuda")
+    precision = args.precision or ("bf16-mixed" if cuda else "32")
+    dtype = torch.bfloat16 if precision == "bf16-mixed" else torch.float32
+    horizons = args.horizons or ([256, 512] if args.quick else [1024, 4096, 16384, 32768])
     batch = args.batch or (4 if args.quick else 16)
+    step_max = args.step_max if args.step_max is not None else (max(horizons) if cuda or args.quick else 1024)
+    clock = Clock(args.device)
+    autocast = (
+        (lambda: torch.autocast(args.device.split(":")[0], dtype=torch.bfloat16))
+        if precision == "bf16-mixed" else contextlib.nullcontext
+    )
     torch.manual_seed(0)
+    where = f"{args.device}, {torch.get_num_threads()} CPU threads, precision {precision}, batch {batch}"
+    print(f"# bench_memories: {where}, torch {torch.__version__}", flush=True)
 
-    rows = {}  # (memory, H) -> (bytes per row, seconds per step)
-    for label, (name, kwargs) in MEMORIES.items():
+    empty, rows = {}, []
+    for label in args.memories:
+        name, kwargs = MEMORIES[label]
         memory = make_memory(name, **kwargs).to(args.device).eval()
-        for H in horizons:
-            build(memory, H, batch, args.exact, args.steps + 2, args.device)
-            if args.quick and not args.exact:  # the filled cache has the refreshed one's size
-                filled = memory.cache_nbytes()
-                memory.refresh(torch.randn(batch, H, memory.d_model, device=args.device))
-                assert memory.cache_nbytes() == filled, (label, H, memory.cache_nbytes(), filled)
-                fill(memory, H, batch, args.steps + 2)
-            nbytes = memory.cache_nbytes() / batch
-            rows[label, H] = (nbytes, time_steps(memory, batch, args.steps, args.device))
-            print(f"  {label:15s} H={H:6d}: {nbytes / 2**20:8.2f} MiB/row, {rows[label, H][1] * 1e3:8.2f} ms/step",
-                  file=sys.stderr, flush=True)
+        d, half = memory.d_model, args.steps // 2
+        with autocast():
+            cache = memory.new_cache(batch)  # the empty-cache step: steps 0 .. steps-1
+            xs = torch.randn(args.steps + 1, batch, d, device=args.device)
+            memory.step(xs[0], cache=memory.new_cache(batch))  # warm-up
+            steps, weights = timed_steps(memory, cache, xs[1:], clock, read_floor(memory, None))
+            _, matmuls = timed_steps(memory, memory.new_cache(batch), xs[1:], clock, matmul_floor(memory, batch, args.device))
+            empty[label] = tuple(statistics.median(v) for v in (steps, weights, matmuls))
+            for H in horizons:
+                states = []
+                if H <= step_max:
+                    states.append("stepped")
+                if H > step_max or args.both:
+                    states.append("filled")
+                for state in states:
+                    start = max(0, H - half)
+                    if state == "stepped":
+                        cache = memory.new_cache(batch)
+                        for x in torch.randn(start, batch, d, device=args.device):
+                            memory.step(x, cache=cache)
+                    else:
+                        cache = filled_cache(memory, start, batch, dtype, args.device, spare=args.steps)
+                    held, alloc = cache.nbytes() / batch, cache.allocated_nbytes() / batch
+                    xs = torch.randn(args.steps, batch, d, device=args.device)
+                    steps, floors = timed_steps(memory, cache, xs, clock, read_floor(memory, cache))
+                    point = (label, H, state, held, alloc, statistics.median(steps), max(steps), statistics.median(floors))
+                    rows.append(point)
+                    print(f"  {label:15s} H={H:6d} {state:7s}: {held / 2**20:8.2f} MiB/row held, {alloc / 2**20:8.2f} "
+                          f"allocated, step {point[5] * 1e3:8.2f} ms, floor {point[7] * 1e3:8.2f} ms",
+                          file=sys.stderr, flush=True)
+                    del cache
         del memory
-        gc.collect()
 
-    threads = torch.get_num_threads() if args.device == "cpu" else args.device
-    how = "refresh()" if args.exact else "filled cache"
-    print(f"\nbatch {batch}, float32, {args.device} ({threads} threads), state at H: {how}; "
-          f"median of {args.steps} steps. x = FCT's value / this memory's value.\n")
-    header = f"| {'memory':15s} | {'H':>6s} | {'cache/row':>11s} | {'vs fct':>7s} | {'step ms':>8s} | {'vs fct':>7s} |"
-    print(header)
-    print("|" + "|".join("-" * (len(c)) for c in header.split("|")[1:-1]) + "|")
-    for label in MEMORIES:
-        for H in horizons:
-            nbytes, sec = rows[label, H]
-            fct_bytes, fct_sec = rows["fct", H]
-            size = f"{nbytes / 2**20:.2f} MiB" if nbytes >= 2**20 else f"{nbytes / 2**10:.1f} KiB"
-            print(f"| {label:15s} | {H:6d} | {size:>11s} | {fct_bytes / nbytes:6.1f}x | {sec * 1e3:8.2f} | "
-                  f"{fct_sec / sec:6.1f}x |")
+    print("\n## Step on an empty cache (steps 1..{}) against the weights\n".format(args.steps))
+    print("| memory | step ms | weight-read floor ms | x | matmul floor ms | x |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for label, (step, weights, matmuls) in empty.items():
+        print(f"| {label} | {step * 1e3:.2f} | {weights * 1e3:.3f} | {step / weights:.1f} | {matmuls * 1e3:.2f} | "
+              f"{step / matmuls:.1f} |")
+
+    fct = {(H, state): step for label, H, state, *_, step, _, _ in rows if label == "fct"}
+    print(f"\n## Step at horizon H ({where}; median and slowest of {args.steps} steps straddling H)\n")
+    print("| memory | H | state | held/row | alloc/row | alloc/held | step ms | slowest ms | bw floor ms | x floor "
+          "| x fct |")
+    print("|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for label, H, state, held, alloc, step, slowest, floor in rows:
+        size = lambda b: f"{b / 2**20:.2f} MiB" if b >= 2**20 else f"{b / 2**10:.1f} KiB"  # noqa: E731
+        vs_fct = fct.get((H, state))
+        print(f"| {label} | {H} | {state} | {size(held)} | {size(alloc)} | {alloc / held:.2f} | {step * 1e3:.2f} | "
+              f"{slowest * 1e3:.2f} | {floor * 1e3:.2f} | {step / floor:.2f} | "
+              f"{'-' if vs_fct is None else f'{vs_fct / step:.1f}'} |")
 
 
 if __name__ == "__main__":

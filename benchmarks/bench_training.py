@@ -3,9 +3,14 @@
     python benchmarks/bench_training.py                     # memo, fct, gru on Dark-Key-To-Door 9x9/50/500
     python benchmarks/bench_training.py --memories memo gru --trials 3 --num-envs 16
     python benchmarks/bench_training.py --learning 400      # + the learning curves (Memo vs. memoryless)
+    python benchmarks/bench_training.py --d-model 256 --layers 4 --heads 8   # the paper's model size
 
-Every memory runs at the same width (``--d-model``) and the same PPO settings, one after another in
-this process; the first trial of each is a warm-up and is not timed. Prints a Markdown table.
+Every memory runs at the same width (``--d-model``; ``--layers``/``--heads`` override the config's
+depth and heads) and the same PPO settings, one after another in this process; the first trial of each
+is a warm-up and is not timed. That first trial runs under a FLOP counter (``torch.utils.flop_counter``'s
+formulas: matrix products and attention, forward and backward, counted over every query/key pair a kernel is
+given), so the table also shows the loop's achieved FLOP rate against the rate of a plain 1024^3 matrix
+product measured in the same run: the fraction of its FLOP bound the loop reaches. Prints a Markdown table.
 """
 
 from __future__ import annotations
@@ -17,6 +22,8 @@ import time
 from pathlib import Path
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils.flop_counter import flop_registry
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -25,14 +32,39 @@ from lightning_memo.config import load_config  # noqa: E402
 from lightning_memo.train import build, fit  # noqa: E402
 
 
+class FlopCount(TorchDispatchMode):
+    """FLOPs of the ops ``torch.utils.flop_counter`` knows (matrix products, attention; forward and backward).
+
+    Hand-written because ``FlopCounterMode``'s module tracker hooks autograd and fails on the no-grad
+    acting steps; this keeps only its per-op formulas.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.total = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        count = flop_registry.get(func.overloadpacket)
+        if count is not None:
+            self.total += count(*args, **kwargs, out_val=out)
+        return out
+
+
 class _TrialTimer(TrialCallback):
-    """Wall time of each trial (training_step) and the cache size at its end."""
+    """Wall time of each trial (training_step), the cache size at its end, and the FLOPs of the first."""
 
     def __init__(self) -> None:
         self.times: list[float] = []
         self.cache_bytes: list[float] = []
+        self.flops = 0
+        self._counter: FlopCount | None = None
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if not self.times:  # the warm-up trial: count its FLOPs (the counter slows it; it is not timed)
+            self._counter = FlopCount()
+            self._counter.__enter__()
         self._t0 = time.perf_counter()
 
     def on_trial_end(self, trainer, pl_module, collector) -> None:
@@ -40,6 +72,21 @@ class _TrialTimer(TrialCallback):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         self.times.append(time.perf_counter() - self._t0)
+        if self._counter is not None:
+            self._counter.__exit__(None, None, None)
+            self.flops, self._counter = self._counter.total, None
+
+
+def matmul_rate(repeats: int = 5) -> float:
+    """FLOP/s of a 1024^3 float32 matrix product on this machine now (best of ``repeats``)."""
+    a = torch.randn(1024, 1024)
+    a @ a
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        a @ a
+        best = min(best, time.perf_counter() - start)
+    return 2 * 1024**3 / best
 
 
 def bench(memory: str, args: argparse.Namespace, log_dir: str) -> dict:
@@ -50,6 +97,10 @@ def bench(memory: str, args: argparse.Namespace, log_dir: str) -> dict:
         f"memories.memo.summary_len={args.summary_len}", f"trainer.log_dir={log_dir}", "trainer.enable_progress_bar=false",
         "trainer.checkpoint_every=0", "trainer.loggers=[]", f"trainer.run_name={memory}",
     ]
+    if memory != "none" and args.layers is not None:
+        overrides.append(f"memories.{memory}.n_layers={args.layers}")
+    if memory in ("memo", "ac", "rmt", "fct") and args.heads is not None:
+        overrides.append(f"memories.{memory}.n_heads={args.heads}")
     cfg = load_config("dark_key_to_door", overrides)
     timer = _TrialTimer()
     run = build(cfg, [timer])
@@ -57,7 +108,10 @@ def bench(memory: str, args: argparse.Namespace, log_dir: str) -> dict:
     policy = run.module.policy
     timed = timer.times[1:]  # the first trial warms up
     steps = cfg.env.num_envs * cfg.env.trial_len
+    rate = matmul_rate()
     return {
+        "gflops_per_s": timer.flops / (sum(timed) / len(timed)) / 1e9,
+        "matmul_gflops_per_s": rate / 1e9,
         "memory": memory,
         "params": sum(p.numel() for p in policy.parameters()),
         "steps_per_s": steps * len(timed) / sum(timed),
@@ -88,6 +142,8 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=2, help="timed trials per memory (after one warm-up)")
     parser.add_argument("--num-envs", type=int, default=8)
     parser.add_argument("--d-model", type=int, default=64)
+    parser.add_argument("--layers", type=int, default=None, help="memory depth (default: the config's)")
+    parser.add_argument("--heads", type=int, default=None, help="attention heads (default: the config's)")
     parser.add_argument("--update-every", type=int, default=100)
     parser.add_argument("--segment-len", type=int, default=50)
     parser.add_argument("--summary-len", type=int, default=8)
@@ -98,11 +154,15 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as log_dir:
         rows = [bench(m, args, log_dir) for m in args.memories]
         print(f"\nFull PPO loop on Dark-Key-To-Door 9x9/50/500, {args.num_envs} envs, d_model={args.d_model}, "
-              f"U={args.update_every}, torch threads={args.threads}, {torch.__version__}, CPU")
-        print("| memory | params | env steps/s | s/trial | cache KiB/env at trial end |")
-        print("|---|---|---|---|---|")
+              f"layers={args.layers or 'config'}, heads={args.heads or 'config'}, U={args.update_every}, "
+              f"torch threads={torch.get_num_threads()}, {torch.__version__}, CPU")
+        print("| memory | params | env steps/s | s/trial | cache KiB/env at trial end | GFLOP/s | matmul GFLOP/s "
+              "| of FLOP bound |")
+        print("|---|---|---|---|---|---|---|---|")
         for r in rows:
-            print(f"| {r['memory']} | {r['params']:,} | {r['steps_per_s']:.0f} | {r['s_per_trial']:.2f} | {r['cache_kib']:.1f} |")
+            print(f"| {r['memory']} | {r['params']:,} | {r['steps_per_s']:.0f} | {r['s_per_trial']:.2f} | "
+                  f"{r['cache_kib']:.1f} | {r['gflops_per_s']:.2f} | {r['matmul_gflops_per_s']:.1f} | "
+                  f"{r['gflops_per_s'] / r['matmul_gflops_per_s']:.1%} |")
         if args.learning:
             learning_curves(args.learning, log_dir)
 

@@ -1,17 +1,23 @@
-"""Learning curves: PPO with memo, gru and none (memoryless) on a named task, several seeds.
+"""Learning curves: a recipe on a named task with several memories and seeds.
 
-    python benchmarks/learning.py cartpole                         # 200k env steps, seeds 0 1 2
+    python benchmarks/learning.py cartpole                         # PPO, memo/gru/none, 200k env steps, seeds 0 1 2
     python benchmarks/learning.py repeat_previous --steps 500000 --seeds 0 1
     python benchmarks/learning.py cartpole --memories gru --workers 1 -- ppo.lr=3e-4   # extra overrides
+    python benchmarks/learning.py dkd_amago                        # off-policy Memo vs memoryless, 1M env steps
+    python benchmarks/learning.py dkd_amago --memories memo fct rmt none --seeds 0 1 2
+    python benchmarks/learning.py dkd9_amago --seeds 0 --memories memo   # the paper's 9x9/50/500 setting
 
-Each run is ``examples/train.py`` (config ``gym``) in its own process with one torch thread, at most
-``--workers`` at once, under ``<runs>/<task>/<memory>_s<seed>/v0`` (``--runs``, default ``runs/learning``;
-its log ``<task>/logs/<memory>_s<seed>.log`` there).
+A task is a packaged config plus overrides (``TASKS``): the gymnasium tasks train PPO on ``gym``, the
+``dkd*_amago`` tasks the off-policy recipe on ``dark_key_to_door`` (its ``amago`` section). Each run is
+``examples/train.py config=<config>`` in its own process with one torch thread, at most ``--workers`` at
+once, under ``<runs>/<task>/<memory>_s<seed>/v0`` (``--runs``, default ``runs/learning``; its log
+``<task>/logs/<memory>_s<seed>.log`` there).
 Runs that reached the budget are skipped and interrupted ones resume from their last checkpoint, so
-re-running the same command finishes the job. Writes ``curves.csv`` (mean, std, min and max over seeds
-of the trial return, binned by env steps), ``summary.csv`` and ``curves.png`` under ``<out>/<task>/``,
-and prints the table: mean trial return over the last 20% of the budget (episode return for CartPole;
-for POPGym the mean episodic return, whose maximum is 1).
+re-running the same command finishes the job (an off-policy run resumes exactly: its replay is saved
+beside the checkpoints). Writes ``curves.csv`` (mean, std, min and max over seeds of the trial return,
+binned by env steps), ``summary.csv`` and ``curves.png`` under ``<out>/<task>/``, and prints the table:
+mean trial return over the last 20% of the budget (episode return for CartPole; for POPGym the mean
+episodic return, whose maximum is 1; for Dark-Key-To-Door the return of the whole trial).
 """
 
 from __future__ import annotations
@@ -23,20 +29,34 @@ import statistics
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-TASKS = {  # name -> overrides of the gym config
-    "cartpole": ["env.name=CartPole-v1"],
-    "repeat_previous": [
-        "env.name=popgym-RepeatPreviousEasy-v0", "env.trial_len=52", "ppo.update_every=26",
-    ],
-    "count_recall": [
-        "env.name=popgym-CountRecallEasy-v0", "env.trial_len=52", "ppo.update_every=26",
-    ],
-    "minigrid_memory": ["env.name=MiniGrid-MemoryS7-v0", "env.trial_len=250", "ppo.update_every=50"],
+
+
+@dataclass(frozen=True)
+class Task:
+    """A packaged config, its overrides, and the task's default budget and memories."""
+
+    config: str
+    overrides: tuple[str, ...]
+    steps: int = 200_000
+    memories: tuple[str, ...] = ("memo", "gru", "none")
+
+
+POPGYM = ("env.trial_len=52", "ppo.update_every=26")
+# the off-policy recipe stops at trainer.max_env_steps (--steps): nothing in it depends on num_trials
+AMAGO = ("algo=amago", "amago.num_trials=1000000")
+DKD9 = ("env.kwargs.size=9", "env.kwargs.episode_len=50", "env.trial_len=500")
+TASKS = {
+    "cartpole": Task("gym", ("env.name=CartPole-v1",)),
+    "repeat_previous": Task("gym", ("env.name=popgym-RepeatPreviousEasy-v0", *POPGYM)),
+    "count_recall": Task("gym", ("env.name=popgym-CountRecallEasy-v0", *POPGYM)),
+    "minigrid_memory": Task("gym", ("env.name=MiniGrid-MemoryS7-v0", "env.trial_len=250", "ppo.update_every=50")),
+    "dkd_amago": Task("dark_key_to_door", AMAGO, 1_000_000, ("memo", "none")),
+    "dkd9_amago": Task("dark_key_to_door", (*AMAGO, *DKD9), 2_000_000, ("memo", "none")),
 }
-MEMORIES = ("memo", "gru", "none")
 BINS = 40  # points of a curve
 LAST = 0.2  # fraction of the budget the table averages over
 
@@ -60,8 +80,10 @@ def launch(task: str, memory: str, seed: int, steps: int, runs: Path, extra: lis
     if trials and trials[-1][0] >= steps:
         return f"{directory}: done ({trials[-1][0]:.0f} env steps)"
     resume = ["trainer.resume=last"] if (directory / "checkpoints" / "last.ckpt").is_file() else []
+    spec = TASKS[task]
     args = [
-        *TASKS[task], f"memory={memory}", f"seed={seed}", f"trainer.max_env_steps={steps}", "trainer.torch_threads=1",
+        f"config={spec.config}", *spec.overrides, f"memory={memory}", f"seed={seed}", f"trainer.max_env_steps={steps}",
+        "trainer.torch_threads=1",
         f"trainer.log_dir={runs / task}", f"trainer.run_name={memory}_s{seed}", "trainer.version=v0",
         "trainer.enable_progress_bar=false", "trainer.loggers=[csv]", *resume, *extra,
     ]
@@ -138,15 +160,18 @@ def plot(task: str, curves: list[dict], memories: list[str], path: Path) -> None
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("task", choices=sorted(TASKS))
-    parser.add_argument("--steps", type=int, default=200_000, help="env-step budget per run")
+    parser.add_argument("--steps", type=int, help="env-step budget per run (default: the task's)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--memories", nargs="+", default=list(MEMORIES))
+    parser.add_argument("--memories", nargs="+", help="default: the task's")
     parser.add_argument("--workers", type=int, default=2, help="runs at once (one torch thread each)")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "learning", help="CSV and PNG")
     parser.add_argument("--runs", type=Path, default=ROOT / "runs" / "learning", help="run directories and logs")
     parser.add_argument("--summary-only", action="store_true", help="write the plot and table from existing runs")
     parser.add_argument("overrides", nargs="*", help="extra key=value config overrides (after --)")
     args = parser.parse_args()
+    spec = TASKS[args.task]
+    args.steps = args.steps or spec.steps
+    args.memories = args.memories or list(spec.memories)
     (args.out / args.task).mkdir(parents=True, exist_ok=True)
     if not args.summary_only:
         jobs = [(m, s) for s in args.seeds for m in args.memories]

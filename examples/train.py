@@ -5,6 +5,7 @@
     python examples/train.py env.name=MiniGrid-MemoryS7-v0 env.trial_len=250 memory=gru
     python examples/train.py env.name=CartPole-v1 env.kwargs.mode=meta   # trials of restarted episodes
     python examples/train.py memory=none trainer.max_env_steps=50000     # the memoryless control
+    python examples/train.py config=dark_key_to_door algo=amago          # any packaged config, either recipe
 
 Settings: lightning_memo/configs/gym.yaml (or config=path/to/your.yaml); env.kwargs go to
 gymnasium.make, plus GymTrialEnv's mode and observation_key. POPGym and MiniGrid ids import their

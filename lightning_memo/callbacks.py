@@ -213,13 +213,17 @@ class EvaluationCallback(TrialCallback):
 class EnvStepProgressBar(ProgressBar):
     """One progress bar for the whole run, in env steps over all ranks (drawn on rank 0).
 
-    The total is ``num_trials x trial_len x N x world_size``; a resumed run starts the bar at the steps
-    already done and counts its rate from there. It moves after every update; the postfix shows the
-    last trial's mean return and the last loss when they are logged.
+    The total is the run's env-step budget: ``max_env_steps`` when given, else that of a callback on the
+    Trainer with a ``max_env_steps`` attribute (the CLI's ``EnvStepBudget``). Without a budget it is
+    ``num_trials x trial_len x N x world_size``, except for envs whose trials may end early (a root
+    ``active`` flag: episodic trials), where the bar shows the count and rate without a total. A resumed
+    run starts the bar at the steps already done and counts its rate from there. It moves after every
+    update; the postfix shows the last trial's mean return and the last loss when they are logged.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, max_env_steps: int | None = None) -> None:
         super().__init__()
+        self.max_env_steps = max_env_steps
         self._enabled = True
         self.bar: tqdm | None = None
 
@@ -229,12 +233,20 @@ class EnvStepProgressBar(ProgressBar):
     def enable(self) -> None:
         self._enabled = True
 
+    def total(self, trainer: Trainer, pl_module: LightningModule) -> int | None:
+        """The bar's total: the env-step budget, else the trials' steps when they are fixed, else ``None``."""
+        budgets = [self.max_env_steps] if self.max_env_steps else []
+        budgets += [cb.max_env_steps for cb in trainer.callbacks if cb is not self and getattr(cb, "max_env_steps", None)]
+        fixed = "active" not in pl_module.collector.env.observation_spec.keys()
+        if fixed:
+            budgets.append(pl_module.num_trials * pl_module.trial_len * pl_module.collector.num_envs * trainer.world_size)
+        return min(budgets) if budgets else None
+
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if not self._enabled:
             return
-        per_trial = pl_module.trial_len * pl_module.collector.num_envs * trainer.world_size
         self.bar = tqdm(
-            total=pl_module.num_trials * per_trial, initial=pl_module.env_steps, desc="env steps", unit="step",
+            total=self.total(trainer, pl_module), initial=pl_module.env_steps, desc="env steps", unit="step",
             dynamic_ncols=True, file=sys.stderr,
         )
 

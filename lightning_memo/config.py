@@ -1,19 +1,22 @@
 """Run configs: the schema (omegaconf structured dataclasses), loading, and validation, once.
 
-A run config is :class:`RunConfig`: ``seed``, ``memory`` (a name from the memory registry) with per-memory
-keyword arguments under ``memories.<name>``, ``env``, ``policy``, ``ppo`` and ``trainer``. Under
+A run config is :class:`RunConfig`: ``seed``, ``algo`` (``ppo`` or ``amago``) with each algorithm's
+settings under its own section (``ppo``, ``amago``), ``memory`` (a name from the memory registry) with
+per-memory keyword arguments under ``memories.<name>``, ``env``, ``policy`` and ``trainer``. Under
 ``trainer`` the package's own keys are :class:`TrainerConfig`'s; every other ``trainer.<key>`` is an
 argument of ``lightning.Trainer`` (``accelerator``, ``devices``, ``precision``, ``strategy``, ...),
 checked against its signature and passed straight through.
 
 :func:`load_config` reads a YAML (a packaged name or a path) plus ``key=value`` overrides and validates
 everything that can be checked without building anything: errors are :class:`ConfigError` naming the
-key and the fix. :mod:`lightning_memo.train` builds and runs it.
+key and the fix; :func:`config_from_dict` does the same for plain data (a checkpoint's saved config).
+:mod:`lightning_memo.train` builds and runs it.
 """
 
 from __future__ import annotations
 
 import collections.abc
+import dataclasses
 import difflib
 import inspect
 import typing
@@ -22,27 +25,36 @@ from functools import partial
 from pathlib import Path
 from typing import Any, Dict, List, Literal, Optional, Union
 
-from omegaconf import OmegaConf
-from omegaconf.errors import OmegaConfBaseException
+from omegaconf import II, OmegaConf
+from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
+from lightning_memo.algos.amago import AmagoConfig
 from lightning_memo.algos.base import require
 from lightning_memo.algos.ppo import PPOConfig
 from lightning_memo.policy import PREVIOUS_STEP_KEYS
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 LOGGERS = ("csv", "tensorboard")
+# algo -> what it is (the run config's section of the same name holds its settings)
+ALGOS = {"ppo": "on-policy PPO, the ReLIC recipe", "amago": "off-policy actor-critic, the AMAGO recipe"}
+"""The values of ``RunConfig.algo``, each with what it trains."""
 # lightning.Trainer arguments the package sets itself, and the key that controls each
 OWNED_TRAINER_ARGS = {
-    "max_epochs": "ppo.num_trials (one epoch is one trial)",
+    "max_epochs": "ppo.num_trials or amago.num_trials (one epoch is one trial)",
     "logger": "trainer.loggers",
     "callbacks": "train(cfg, callbacks=[...]) in Python",
     "enable_checkpointing": "trainer.checkpoint_every (0: no checkpoints)",
     "default_root_dir": "trainer.log_dir and trainer.run_name",
-    "gradient_clip_val": "ppo.max_grad_norm",
+    "gradient_clip_val": "ppo.max_grad_norm or amago.max_grad_norm",
     "accumulate_grad_batches": "ppo.grad_accumulation",
 }
 # settings a resumed run may change silently: how long it trains and how it logs
-RESUME_SAFE = ("ppo.num_trials", "trainer.")
+RESUME_SAFE = ("ppo.num_trials", "amago.num_trials", "trainer.")
+# algorithm settings a resumed run must keep: they shape the model, the trial or the saved replay
+RESUME_FIXED = (
+    "ppo.trial_len", "amago.trial_len", "amago.gammas", "amago.num_critics", "amago.head_hidden", "amago.head_layers",
+    "amago.replay_capacity", "amago.replay_window", "amago.replay_memmap_dir",
+)
 
 
 class ConfigError(ValueError):
@@ -54,21 +66,32 @@ check = partial(require, error=ConfigError)
 
 @dataclass
 class EnvConfig:
-    name: str = "dark_key_to_door"  # a name of lightning_memo.envs.ENV_NAMES or a registered gymnasium id
-    num_envs: int = 8  # envs per rank
-    trial_len: int = 200  # steps per trial (a gymnasium id's episodic trials: the cap, >= its episode limit)
-    # forwarded to the env: a task's options (size, episode_len, ...), or for a gymnasium id
-    # GymTrialEnv's mode and observation_key plus the gymnasium.make arguments
+    """The training env: ``env.num_envs`` rows of trials of ``env.trial_len`` steps."""
+
+    name: str = "dark_key_to_door"
+    """A name of ``lightning_memo.envs.ENV_NAMES`` or a registered gymnasium id."""
+    num_envs: int = 8
+    """Envs per rank (>= 1)."""
+    trial_len: int = 200
+    """Steps per trial (>= 1); for a gymnasium id's episodic trials, the cap (>= its episode limit)."""
     kwargs: Dict[str, Any] = field(default_factory=dict)
+    """Forwarded to the env: a task's options (``size``, ``episode_len``, ...), or for a gymnasium id
+    ``GymTrialEnv``'s ``mode`` and ``observation_key`` plus the ``gymnasium.make`` arguments."""
 
 
 @dataclass
 class PolicyConfig:
-    d_model: int = 64  # memory width (overrides memories.<name>.d_model)
-    hidden: int = 128  # hidden width of the default MLP encoder
-    observation_keys: Optional[List[str]] = None  # default: every observation entry except trial bookkeeping
-    # read prev_action and prev_reward (they hold one step of memory); null: yes, except for memory=none
+    """The policy around the memory: its encoder and what it reads."""
+
+    d_model: int = 64
+    """Memory width (>= 1; overrides ``memories.<name>.d_model``)."""
+    hidden: int = 128
+    """Hidden width of the default MLP encoder (>= 1)."""
+    observation_keys: Optional[List[str]] = None
+    """The observation entries the policy reads; null: every entry except the trial bookkeeping."""
     previous_step: Optional[bool] = None
+    """Read ``prev_action`` and ``prev_reward`` (they hold one step of memory); null: yes, except for
+    ``memory=none``."""
 
 
 @dataclass
@@ -76,27 +99,65 @@ class TrainerConfig:
     """The package's own run settings; other ``trainer.*`` keys are ``lightning.Trainer`` arguments."""
 
     log_dir: str = "runs"
-    run_name: str = "memo"  # runs go to <log_dir>/<run_name>/<version>/
-    version: Optional[str] = None  # null: the next version_<k>
-    loggers: Optional[List[str]] = None  # null: csv, plus tensorboard when it is installed
-    checkpoint_every: int = 1  # trials between checkpoints (0: none)
-    resume: Optional[str] = None  # "last" (the latest run of run_name, or of version) or a .ckpt path
-    torch_threads: Optional[int] = None  # torch.set_num_threads (tiny models on shared CPUs: 1)
-    max_env_steps: Optional[int] = None  # stop after the trial that reaches this many env steps (null: ppo.num_trials)
-    max_logged_episodes: int = 10  # inner-episode indices with their own metrics
-    video_every: int = 0  # save every k-th training trial of env 0 as a GIF under <run>/videos (0: off)
-    lightning: Dict[str, Any] = field(default_factory=dict)  # the lightning.Trainer arguments (filled by load)
+    """Root of the run directories."""
+    run_name: str = "memo"
+    """Runs go to ``<log_dir>/<run_name>/<version>/``."""
+    version: Optional[str] = None
+    """The run directory's name; null: the next ``version_<k>``."""
+    loggers: Optional[List[str]] = None
+    """Some of ``csv``, ``tensorboard``; null: csv, plus tensorboard when it is installed."""
+    checkpoint_every: int = 1
+    """Trials between checkpoints (0: none)."""
+    resume: Optional[str] = None
+    """``last`` (the latest run of ``run_name``, or of ``version``) or a ``.ckpt`` path; null: a new run."""
+    torch_threads: Optional[int] = None
+    """``torch.set_num_threads`` (tiny models on shared CPUs: 1); null: torch's default."""
+    max_env_steps: Optional[int] = None
+    """Stop after the trial that reaches this many env steps (all ranks); null: after ``num_trials``."""
+    max_logged_episodes: int = 10
+    """Inner-episode indices with their own metrics (``trial/episode_return/<k>``, ...)."""
+    video_every: int = 0
+    """Save every k-th training trial of env 0 as a GIF under ``<run>/videos`` (0: off)."""
+    eval_every: int = 0
+    """Evaluate every k-th trial on held-out seeds with a cache of its own, logged as ``eval/*`` (0: off;
+    :class:`~lightning_memo.callbacks.EvaluationCallback`)."""
+    eval_trials: int = 1
+    """Evaluation trials (of ``env.num_envs`` envs) per evaluation (>= 1)."""
+    eval_greedy: bool = True
+    """Evaluate with the most likely action (false: sampled, from a generator of the evaluation's own)."""
+    lightning: Dict[str, Any] = field(default_factory=dict)
+    """The ``lightning.Trainer`` arguments (filled by loading: every other ``trainer.<key>``)."""
 
 
 @dataclass
 class RunConfig:
+    """A whole run: what :func:`load_config` returns and :func:`lightning_memo.train.train` runs."""
+
     seed: int = 0
+    """Base seed of the weights, the env trials and the sampling."""
+    algo: str = "ppo"
+    """The training algorithm: ``ppo`` (on-policy) or ``amago`` (off-policy); its settings are the section
+    of the same name."""
     memory: str = "memo"
-    memories: Dict[str, Dict[str, Any]] = field(default_factory=dict)  # per memory name: its keyword arguments
+    """A name of the memory registry (``memo``, ``fct``, ``rmt``, ``ac``, ``gru``, ``lstm``, ``none``, ...)."""
+    memories: Dict[str, Dict[str, Any]] = field(default_factory=dict)
+    """Per memory name: its keyword arguments (only the one named by ``memory`` is used)."""
     env: EnvConfig = field(default_factory=EnvConfig)
+    """The env."""
     policy: PolicyConfig = field(default_factory=PolicyConfig)
-    ppo: PPOConfig = field(default_factory=PPOConfig)
+    """The policy around the memory."""
+    ppo: PPOConfig = field(default_factory=lambda: PPOConfig(trial_len=II("env.trial_len")))
+    """PPO's settings (``algo=ppo``); ``ppo.trial_len`` follows ``env.trial_len`` unless set."""
+    amago: AmagoConfig = field(default_factory=lambda: AmagoConfig(trial_len=II("env.trial_len")))
+    """The off-policy recipe's settings (``algo=amago``); ``amago.trial_len`` follows ``env.trial_len``
+    unless set."""
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    """Run settings and ``lightning.Trainer`` arguments."""
+
+    @property
+    def algorithm(self) -> Union[PPOConfig, AmagoConfig]:
+        """The settings of the algorithm ``algo`` names (``self.ppo`` or ``self.amago``)."""
+        return getattr(self, self.algo)
 
 
 # ------------------------------------------------------------------------------ load
@@ -113,18 +174,43 @@ def load_config(name_or_path: str, overrides: List[str] | None = None) -> RunCon
     bad = [o for o in overrides if "=" not in o or o.startswith("=")]
     if bad:
         raise ConfigError(f"command-line overrides must look like key=value (e.g. memory=gru); got {bad}.")
+    source = f"{path.name} + overrides"
     try:
         raw = OmegaConf.to_container(OmegaConf.merge(OmegaConf.load(path), OmegaConf.from_dotlist(overrides)), resolve=True)
-        trainer = raw.get("trainer") or {}
-        own = {f.name for f in fields(TrainerConfig)} - {"lightning"}
-        raw["trainer"] = {k: v for k, v in trainer.items() if k in own}
-        raw["trainer"]["lightning"] = {k: v for k, v in trainer.items() if k not in own}
+    except OmegaConfBaseException as err:
+        raise _config_error(err, source) from None
+    return config_from_dict(raw, source)
+
+
+def config_from_dict(data: dict, source: str = "the given dict") -> RunConfig:
+    """A validated ``RunConfig`` from plain data shaped like a YAML config (``lightning.Trainer`` arguments
+    under ``trainer`` beside the package's own keys), e.g. a checkpoint's ``run_config`` (:func:`to_dict`).
+    ``source`` names where the data came from in error messages."""
+    raw = OmegaConf.to_container(OmegaConf.create(data), resolve=True)  # a copy, interpolations resolved
+    trainer = raw.get("trainer") or {}
+    own = {f.name for f in fields(TrainerConfig)} - {"lightning"}
+    raw["trainer"] = {k: v for k, v in trainer.items() if k in own}
+    raw["trainer"]["lightning"] = {k: v for k, v in trainer.items() if k not in own}
+    try:
         cfg: RunConfig = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(RunConfig), raw))
     except OmegaConfBaseException as err:
-        key = f"{err.full_key}: " if getattr(err, "full_key", None) else ""
-        raise ConfigError(f"{key}{getattr(err, 'msg', err)} ({path.name} + overrides)".replace("\n", " ")) from None
+        raise _config_error(err, source) from None
     validate_config(cfg)
     return cfg
+
+
+def _config_error(err: OmegaConfBaseException, source: str) -> ConfigError:
+    """omegaconf's error as one line naming the key; an unknown key lists the section's keys."""
+    full_key = getattr(err, "full_key", None)
+    section = getattr(err, "object_type", None)
+    if isinstance(err, ConfigKeyError) and full_key and section is not None and dataclasses.is_dataclass(section):
+        names = [f.name for f in fields(section) if f.name != "lightning"]
+        where = f"a setting of {full_key.rpartition('.')[0]}" if "." in full_key else "a top-level key"
+        return ConfigError(
+            f"{full_key} is not {where}{_close(str(err.key), names)}; valid keys: {', '.join(names)} ({source})."
+        )
+    key = f"{full_key}: " if full_key else ""
+    return ConfigError(f"{key}{str(getattr(err, 'msg', err)).splitlines()[0]} ({source})")
 
 
 def to_dict(cfg: RunConfig) -> dict:
@@ -144,23 +230,16 @@ def validate_config(cfg: RunConfig) -> None:
     from lightning_memo.nn.registry import MEMORIES
 
     check(cfg.memory in MEMORIES, f"memory={cfg.memory!r} is not a registered memory; choose one of {sorted(MEMORIES)}.")
+    check(
+        cfg.algo in ALGOS,
+        f"algo={cfg.algo!r} is unknown{_close(cfg.algo, ALGOS)}; choose one of "
+        + ", ".join(f"{name} ({what})" for name, what in ALGOS.items()) + ".",
+    )
     _validate_env(cfg)
     for key in ("num_envs", "trial_len"):
         check(getattr(cfg.env, key) >= 1, f"env.{key} must be >= 1, got {getattr(cfg.env, key)}.")
-    check(
-        cfg.ppo.trial_len == cfg.env.trial_len,
-        f"ppo.trial_len={cfg.ppo.trial_len} differs from env.trial_len={cfg.env.trial_len}; leave ppo.trial_len as "
-        "${env.trial_len} or set both.",
-    )
-    try:
-        cfg.ppo.validate()
-    except ValueError as err:
-        raise ConfigError(str(err)) from None
-    check(
-        cfg.env.num_envs >= cfg.ppo.num_minibatches,
-        f"ppo.num_minibatches={cfg.ppo.num_minibatches} exceeds env.num_envs={cfg.env.num_envs} (minibatches are "
-        "whole env sequences); lower ppo.num_minibatches or raise env.num_envs.",
-    )
+    _validate_trainer(cfg.trainer)  # before the algorithm: its settings may interpolate trainer keys
+    _validate_algorithm(cfg)
     check(cfg.policy.d_model >= 1 and cfg.policy.hidden >= 1, "policy.d_model and policy.hidden must be >= 1.")
     leaky = [k for k in (cfg.policy.observation_keys or []) if k in PREVIOUS_STEP_KEYS]
     check(
@@ -168,7 +247,26 @@ def validate_config(cfg: RunConfig) -> None:
         f"policy.previous_step=false but policy.observation_keys lists {leaky}; drop one of the two settings.",
     )
     _validate_memory_args(cfg)
-    _validate_trainer(cfg.trainer)
+
+
+def _validate_algorithm(cfg: RunConfig) -> None:
+    """The section of ``algo`` (the other algorithm's section is not used, and not checked)."""
+    algo, section = cfg.algo, cfg.algorithm
+    check(
+        section.trial_len == cfg.env.trial_len,
+        f"{algo}.trial_len={section.trial_len} differs from env.trial_len={cfg.env.trial_len}; drop {algo}.trial_len "
+        "(it follows env.trial_len) or set both.",
+    )
+    try:
+        section.validate()
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    if algo == "ppo":
+        check(
+            cfg.env.num_envs >= cfg.ppo.num_minibatches,
+            f"ppo.num_minibatches={cfg.ppo.num_minibatches} exceeds env.num_envs={cfg.env.num_envs} (minibatches are "
+            "whole env sequences); lower ppo.num_minibatches or raise env.num_envs.",
+        )
 
 
 def _validate_env(cfg: RunConfig) -> None:
@@ -229,11 +327,12 @@ def _validate_trainer(t: TrainerConfig) -> None:
     check(not unknown, f"trainer.loggers has unknown entries {unknown}; choose from {list(LOGGERS)}.")
     if "tensorboard" in loggers:
         check(tensorboard_available(), "trainer.loggers includes tensorboard, which is not installed: pip install tensorboard.")
-    for key in ("checkpoint_every", "video_every", "max_logged_episodes"):
+    for key in ("checkpoint_every", "video_every", "max_logged_episodes", "eval_every"):
         check(getattr(t, key) >= 0, f"trainer.{key} must be >= 0 (0: off), got {getattr(t, key)}.")
     for key in ("torch_threads", "max_env_steps"):
         value = getattr(t, key)
         check(value is None or value >= 1, f"trainer.{key} must be >= 1 or null, got {value}.")
+    check(t.eval_trials >= 1, f"trainer.eval_trials must be >= 1, got {t.eval_trials}.")
     log_dir = Path(t.log_dir)
     check(not log_dir.exists() or log_dir.is_dir(), f"trainer.log_dir={t.log_dir!r} exists and is not a directory.")
     for key in ("run_name", "version"):
@@ -350,22 +449,30 @@ def read_checkpoint(path: Path, t: TrainerConfig) -> dict:
         ) from None
 
 
-def resume_changes(saved: dict, current: dict, memory: str) -> tuple[list[str], list[str]]:
-    """Keys whose value differs between a checkpoint's config and this one: (refused, allowed).
+def resume_changes(saved: dict, current: dict) -> tuple[list[str], list[str]]:
+    """Keys whose value differs between a checkpoint's config and this one (both as :func:`to_dict`
+    writes them): (refused, allowed).
 
-    Refused: the model, the env and the seed (``memory``, ``memories.<memory>``, ``policy.*``, ``env.*``,
-    ``seed``, ``ppo.trial_len``). Allowed: ``ppo.num_trials`` and ``trainer.*`` silently, other ``ppo.*``
-    settings (learning rate, epochs, ...) with a warning. Settings of memories not in use are ignored.
+    Refused: the algorithm, the model, the env and the seed (``algo``, ``memory``, ``memories.<memory>``,
+    ``policy.*``, ``env.*``, ``seed``) and the algorithm settings of ``RESUME_FIXED`` (trial length, head
+    sizes, replay shape). Allowed: ``<algo>.num_trials`` and ``trainer.*`` silently, the algorithm's other
+    settings (learning rate, epochs, ...) with a warning. Settings of memories and algorithms not in use
+    are ignored (a checkpoint from before ``algo`` existed is a PPO one).
     """
     old, new = _flatten(saved), _flatten(current)
+    old.setdefault("algo", "ppo")
+    memory, algo = new.get("memory"), new.get("algo", "ppo")
     refused, allowed = [], []
     for key in sorted(set(old) | set(new)):
         if old.get(key) == new.get(key) or key.startswith(RESUME_SAFE):
             continue
         if key.startswith("memories.") and not key.startswith(f"memories.{memory}."):
             continue
+        section = next((name for name in ALGOS if key.startswith(f"{name}.")), None)
+        if section is not None and section != algo:
+            continue
         change = f"{key}: {old.get(key)!r} -> {new.get(key)!r}"
-        (allowed if key.startswith("ppo.") and key != "ppo.trial_len" else refused).append(change)
+        (allowed if section is not None and key not in RESUME_FIXED else refused).append(change)
     return refused, allowed
 
 
@@ -380,6 +487,6 @@ def _flatten(data: dict, prefix: str = "") -> dict:
 
 
 __all__ = [
-    "ConfigError", "EnvConfig", "PolicyConfig", "RunConfig", "TrainerConfig", "find_checkpoint", "load_config",
-    "read_checkpoint", "resume_changes", "to_dict", "to_yaml", "validate_config",
+    "ALGOS", "ConfigError", "EnvConfig", "PolicyConfig", "RunConfig", "TrainerConfig", "config_from_dict",
+    "find_checkpoint", "load_config", "read_checkpoint", "resume_changes", "to_dict", "to_yaml", "validate_config",
 ]

@@ -27,7 +27,6 @@ import csv
 import difflib
 import inspect
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -37,7 +36,7 @@ import torch
 from tensordict import TensorDictBase
 from torchrl.envs import EnvBase
 
-from lightning_memo.config import ConfigError, RunConfig, load_config, to_yaml
+from lightning_memo.config import ConfigError, RunConfig, config_from_dict, load_config, to_dict
 from lightning_memo.policy import EPISODE_START_KEY, IS_INIT_KEY, MemoPolicy, NonFiniteError, evaluating, flag
 from lightning_memo.rollout import env_attribute, episode_stats, trial_metrics
 
@@ -221,22 +220,13 @@ def load_checkpoint(path: str | Path) -> tuple[RunConfig, dict[str, torch.Tensor
         )
     state = {k[len("policy."):]: v for k, v in (ckpt.get("state_dict") or {}).items() if k.startswith("policy.")}
     if not state:
-        raise ConfigError(f"{path} has no policy weights (state_dict entries 'policy.*'); is it a MemoPPO checkpoint?")
+        raise ConfigError(
+            f"{path} has no policy weights (state_dict entries 'policy.*'); is it a lightning_memo checkpoint?"
+        )
     if saved is None:
         return load_config(str(yaml_file), ["trainer.resume=null"]), state
-    return config_from_dict(saved), state
-
-
-def config_from_dict(data: dict) -> RunConfig:
-    """A validated :class:`RunConfig` from a checkpoint's ``run_config`` (``resume`` cleared: it names
-    another run's file)."""
-    data = {**data, "trainer": {**data.get("trainer", {}), "resume": None}}
-    from omegaconf import OmegaConf
-
-    with tempfile.TemporaryDirectory() as tmp:  # load_config reads YAML: one parse and validation path
-        file = Path(tmp) / "run_config.yaml"
-        OmegaConf.save(OmegaConf.create(data), file)
-        return load_config(str(file))
+    # resume cleared: it names another run's file
+    return config_from_dict({**saved, "trainer": {**saved.get("trainer", {}), "resume": None}}, str(path)), state
 
 
 def with_memory_settings(cfg: RunConfig, **settings: Any) -> RunConfig:
@@ -254,18 +244,21 @@ def with_memory_settings(cfg: RunConfig, **settings: Any) -> RunConfig:
             raise ConfigError(
                 f"{key} applies to the memories {having}; this checkpoint's memory is {cfg.memory!r}. Drop {key}."
             )
-    overrides = [f"memories.{cfg.memory}.{k}={v}" for k, v in settings.items()]
-    with tempfile.TemporaryDirectory() as tmp:
-        file = Path(tmp) / "run_config.yaml"
-        file.write_text(to_yaml(cfg))
-        return load_config(str(file), overrides)
+    data = to_dict(cfg)
+    data["memories"][cfg.memory] = {**(data["memories"].get(cfg.memory) or {}), **settings}
+    return config_from_dict(data, "the checkpoint's config with " + ", ".join(f"{k}={v}" for k, v in settings.items()))
 
 
 def build_policy(cfg: RunConfig, state: dict[str, torch.Tensor], env: EnvBase) -> MemoPolicy:
-    """The run's policy for ``env`` (``train.make_policy``) with the checkpoint's weights, loaded strictly."""
+    """The run's policy for ``env`` (``train.make_policy``; with ``algo=amago`` inside the off-policy
+    heads, which act greedily or sample the acting discount factor's actor) with the checkpoint's
+    weights, loaded strictly."""
+    from lightning_memo.algos.amago import amago_policy
     from lightning_memo.train import make_policy
 
     policy = make_policy(cfg, env)
+    if cfg.algo == "amago":
+        policy = amago_policy(policy, cfg.amago)
     expected = {k: tuple(v.shape) for k, v in policy.state_dict().items()}
     found = {k: tuple(v.shape) for k, v in state.items()}
     differ = sorted(k for k in expected.keys() | found.keys() if expected.get(k) != found.get(k))

@@ -1,6 +1,6 @@
 """Trial collection over a batched TorchRL env, shared by every algorithm, and what a trial history tells.
 
-One trial = ``trial_len`` steps of ``N`` envs. :class:`TrialCollector` starts a trial (seeded reset,
+One trial = ``trial_len`` steps of ``N`` envs (fewer where an episodic trial ends early). :class:`TrialCollector` starts a trial (seeded reset,
 empty memory), collects windows of ``U`` steps with the policy in step mode (the memory cache lives in
 the policy and carries over between windows and across updates), and writes them into a trial history
 ``[N, T]`` allocated once: observations, flags, ``action``, ``action_log_prob``, ``state_value`` and the
@@ -17,14 +17,15 @@ The policy's TorchRL modules still work with ``Collector`` for ordinary use (see
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Callable
 
 import torch
 from tensordict import TensorDictBase
 from torch import Tensor
-from torchrl.envs import EnvBase, TransformedEnv
+from torchrl.envs import EnvBase
 from torchrl.envs.utils import step_mdp
 
+from lightning_memo.envs._common import env_attribute  # noqa: F401  (importable from here too)
 from lightning_memo.policy import EPISODE_START_KEY, LOG_PROB_KEY, VALUE_KEY, MemoPolicy, NonFiniteError, evaluating, flag
 
 
@@ -71,13 +72,27 @@ class TrialCollector:
         self.policy.reset(self.num_envs)
         self.trial_index, self.t = trial_index, 0
 
+    @property
+    def trial_over(self) -> bool:
+        """Whether the current trial has ended: ``trial_len`` steps, or the env's ``done`` on every row
+        (an episodic trial whose rows have all ended)."""
+        if self.pending is None:
+            return False
+        return self.t >= self.trial_len or bool(self.pending.get("done").all())
+
     @torch.no_grad()
     def collect(self, steps: int) -> TensorDictBase:
-        """Act for ``steps`` more steps (policy in eval mode); returns the new window ``[N, steps]``."""
+        """Act for ``steps`` more steps (policy in eval mode); returns the new window ``[N, steps]``.
+
+        A trial that ends earlier (``done``, which trial envs set on every row at once: an episodic trial
+        whose rows have all ended) stops there: the window is then shorter, and empty once the trial is over.
+        """
         if self.pending is None:
             raise RuntimeError("call start_trial() before collect().")
         if self.t + steps > self.trial_len:
             raise ValueError(f"collecting {steps} steps at t={self.t} would pass trial_len={self.trial_len}.")
+        if self.trial_over:
+            return self.history[:, self.t : self.t]
         self._step = self.t
         with evaluating(self.policy):
             window = self.env.rollout(
@@ -85,10 +100,11 @@ class TrialCollector:
                 self._act,
                 auto_reset=False,
                 tensordict=self.pending,
-                break_when_any_done=False,
+                break_when_any_done=True,  # the trial's end (every row's done at once), without a reset
                 return_contiguous=True,
                 trust_policy=True,  # a plain callable td -> td; no wrapping or spec checks
             )
+        steps = window.shape[1]  # fewer where the trial ended
         self.pending = step_mdp(window[:, -1], exclude_action=True)
         if self._buffer is None:
             self._buffer = window[:, :1].expand(self.num_envs, self.trial_len).clone()
@@ -118,19 +134,6 @@ class TrialCollector:
             if new is not None:
                 stored = self._buffer.get(key)
                 stored[:, : self.t] = new.to(stored.dtype)
-
-
-def env_attribute(env: EnvBase, name: str, default: Any = None) -> Any:
-    """``env.<name>`` from ``env`` or the env it wraps (through ``TransformedEnv.base_env``).
-
-    Looks only at attributes the env object or its class defines: batched envs (``SerialEnv``) forward
-    unknown names to their workers, which recurses before the env has started.
-    """
-    while env is not None:
-        if name in getattr(env, "__dict__", {}) or hasattr(type(env), name):
-            return getattr(env, name)
-        env = env.base_env if isinstance(env, TransformedEnv) else None
-    return default
 
 
 def shuffled_episode_order(episode_start: Tensor, generator: torch.Generator | None = None) -> Tensor:
@@ -163,16 +166,26 @@ def with_shuffled_episodes(history: TensorDictBase, generator: torch.Generator |
     return context, perm
 
 
+def env_steps(window: TensorDictBase) -> int:
+    """The env steps of ``window`` ``[N, t]``: the steps of rows that were stepped (root ``active``,
+    for episodic trials), else all ``N * t``."""
+    active = flag(window, "active")
+    return window.numel() if active is None else int(active.sum())
+
+
 def episode_stats(history: TensorDictBase, max_episodes: int) -> tuple[Tensor, Tensor, Tensor]:
     """Per inner-episode index ``k < max_episodes``: sums of return and length over the envs where
-    episode ``k`` ended inside the trial, and their count; three float tensors ``[max_episodes]``."""
+    episode ``k`` ended inside the trial, and their count; three float tensors ``[max_episodes]``.
+    Steps of rows that were not stepped (root ``active`` false: an episodic row after its end) are
+    no episode's."""
     N, T = history.shape
     reward = history.get(("next", "reward")).reshape(N, T).float()
     index = history.get("episode_index").reshape(N, T)
     end = flag(history, ("next", "episode_end"))
+    active = flag(history, "active")
     out = torch.zeros(3, max_episodes)
     for k in range(max_episodes):
-        in_k = index == k
+        in_k = index == k if active is None else (index == k) & active
         completed = (in_k & end).any(1)
         out[0, k] = (reward * in_k).sum(1)[completed].sum()
         out[1, k] = in_k.sum(1)[completed].float().sum()

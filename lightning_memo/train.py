@@ -1,9 +1,11 @@
 """Wiring and the command line: build a run from a validated config, once, and fit it.
 
 :func:`build` makes the env (once: the same env object is handed to the module), the memory and the
-policy (once), checks that they fit, resolves the run directory ``<log_dir>/<run_name>/<version>/``
-(a new ``version_<k>``, or the directory of the checkpoint being resumed, after checking that the
-checkpoint's config is compatible), and makes the ``lightning.Trainer`` from ``trainer.*``.
+policy (once), the training module of ``algo`` (:class:`MemoPPO` or :class:`MemoAmago`: the same env,
+policy and callbacks for both), checks that they fit, resolves the run directory
+``<log_dir>/<run_name>/<version>/`` (a new ``version_<k>``, or the directory of the checkpoint being
+resumed, after checking that the checkpoint's config is compatible), and makes the ``lightning.Trainer``
+from ``trainer.*``.
 :func:`train` builds and fits; :func:`main` is the examples' command line.
 
 A run directory holds ``config.yaml`` (the resolved config, also stored in every checkpoint),
@@ -34,8 +36,8 @@ from lightning.pytorch.loggers.logger import rank_zero_experiment
 from lightning.pytorch.strategies import DDPStrategy
 from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
 
-from lightning_memo.algos.ppo import MemoPPO, check_env_policy
-from lightning_memo.callbacks import EnvStepProgressBar, RolloutVideo, TrialMetrics
+from lightning_memo.algos import MemoAmago, MemoPPO, TrialModule
+from lightning_memo.callbacks import EnvStepProgressBar, EvaluationCallback, RolloutVideo, TrialMetrics
 from lightning_memo.config import (
     ConfigError,
     RunConfig,
@@ -51,6 +53,7 @@ from lightning_memo.config import (
 from lightning_memo.policy import MemoPolicy, NonFiniteError
 
 CONFIG_FILE = "config.yaml"
+MODULES = {"ppo": MemoPPO, "amago": MemoAmago}  # algo -> its LightningModule (config.ALGOS names them)
 DEBUG_ENV = "LIGHTNING_MEMO_DEBUG"  # =1: tracebacks instead of one-line errors (as --debug)
 # warnings Lightning and torch raise on the package's own, deliberate use (one process, one batch per epoch)
 QUIET_WARNINGS = (
@@ -66,7 +69,7 @@ class Run:
     """A built run: the module and Trainer, its directory and version, the checkpoint it resumes."""
 
     cfg: RunConfig
-    module: MemoPPO
+    module: TrialModule
     trainer: pl.Trainer
     dir: Path
     version: str
@@ -117,19 +120,18 @@ def build(cfg: RunConfig, callbacks: Sequence[Callback] = ()) -> Run:
         torch.set_num_threads(cfg.trainer.torch_threads)
     pl.seed_everything(cfg.seed, verbose=False)
     env = make_env(cfg)
-    policy = make_policy(cfg, env)
+    module = MODULES[cfg.algo](make_policy(cfg, env), env, cfg.algorithm, seed=cfg.seed)
     try:
-        check_env_policy(env, policy, cfg.ppo)
+        module.check_env(env)
     except ValueError as err:
         raise ConfigError(str(err)) from None
-    module = MemoPPO(policy, env, cfg.ppo, seed=cfg.seed)
     run_dir, checkpoint = resolve_run_dir(cfg, module)
     with quiet_lightning():
         trainer = make_trainer(cfg, run_dir, list(callbacks))
     return Run(cfg, module, trainer, run_dir, run_dir.name, checkpoint)
 
 
-def resolve_run_dir(cfg: RunConfig, module: MemoPPO) -> tuple[Path, Path | None]:
+def resolve_run_dir(cfg: RunConfig, module: TrialModule) -> tuple[Path, Path | None]:
     """(run directory, checkpoint to resume). A new run takes ``trainer.version`` or the next
     ``version_<k>``; a resumed run continues in its checkpoint's run directory, once the checkpoint
     is readable, holds this model and was trained with compatible settings."""
@@ -157,15 +159,11 @@ def next_version(root: Path) -> str:
     return f"version_{max(taken, default=-1) + 1}"
 
 
-def check_resumable(checkpoint: dict, cfg: RunConfig, module: MemoPPO, path: Path) -> None:
+def check_resumable(checkpoint: dict, cfg: RunConfig, module: TrialModule, path: Path) -> None:
     """Refuse a checkpoint of another algorithm, model or env setting, naming what differs."""
-    check(
-        module.state_key in checkpoint,
-        f"trainer.resume: {path} is not a MemoPPO checkpoint of lightning_memo (no {module.state_key!r} entry).",
-    )
     saved = checkpoint.get("run_config")
     if saved is not None:
-        refused, allowed = resume_changes(saved, to_dict(cfg), cfg.memory)
+        refused, allowed = resume_changes(saved, to_dict(cfg))
         check(
             not refused,
             f"trainer.resume: {path} was trained with other settings: {'; '.join(refused)}. Resume with the "
@@ -173,6 +171,11 @@ def check_resumable(checkpoint: dict, cfg: RunConfig, module: MemoPPO, path: Pat
         )
         if allowed:
             rank_zero_warn(f"resuming {path} with changed settings: {'; '.join(allowed)}")
+    check(
+        module.state_key in checkpoint,
+        f"trainer.resume: {path} is not a {type(module).__name__} checkpoint of lightning_memo (no "
+        f"{module.state_key!r} entry); algo={cfg.algo} resumes only its own runs.",
+    )
     expected = {k: tuple(v.shape) for k, v in module.state_dict().items()}
     found = {k: tuple(v.shape) for k, v in checkpoint.get("state_dict", {}).items()}
     differ = sorted(k for k in expected.keys() | found.keys() if expected.get(k) != found.get(k))
@@ -203,7 +206,7 @@ def make_loggers(cfg: RunConfig, version: str) -> list:
 
 def make_trainer(cfg: RunConfig, run_dir: Path, callbacks: List[Callback]) -> pl.Trainer:
     """The ``lightning.Trainer``: ``trainer.*`` Lightning arguments as given, plus the package's loggers,
-    checkpoints, metrics, progress bar and (with ``devices > 1``) DDP."""
+    checkpoints, metrics, progress bar, evaluation (``trainer.eval_every``) and (with ``devices > 1``) DDP."""
     t = cfg.trainer
     args = {"log_every_n_steps": 1, "num_sanity_val_steps": 0, "enable_model_summary": False, **t.lightning}
     accelerator, devices = _launcher_devices(cfg)
@@ -219,6 +222,8 @@ def make_trainer(cfg: RunConfig, run_dir: Path, callbacks: List[Callback]) -> pl
         own.append(EnvStepProgressBar())
     if t.video_every:
         own.append(RolloutVideo(every=t.video_every, dirpath=run_dir / "videos"))
+    if t.eval_every:
+        own.append(EvaluationCallback(t.eval_every, t.eval_trials, t.eval_greedy, t.max_logged_episodes))
     if t.max_env_steps:
         own.append(EnvStepBudget(t.max_env_steps))
     if t.checkpoint_every:
@@ -235,7 +240,7 @@ def make_trainer(cfg: RunConfig, run_dir: Path, callbacks: List[Callback]) -> pl
     try:
         return pl.Trainer(
             **args,
-            max_epochs=cfg.ppo.num_trials,  # one epoch per trial
+            max_epochs=cfg.algorithm.num_trials,  # one epoch per trial
             logger=make_loggers(cfg, run_dir.name) or False,
             callbacks=own + callbacks,
             enable_checkpointing=bool(t.checkpoint_every),
@@ -297,8 +302,9 @@ class AppendingCSVLogger(CSVLogger):
 
 @contextmanager
 def quiet_lightning() -> Iterator[None]:
-    """Lightning's info lines (devices, tips) and the warnings of ``QUIET_WARNINGS`` silenced."""
-    loggers = [logging.getLogger(name) for name in ("lightning.pytorch", "lightning.fabric")]
+    """Lightning's and TorchRL's info lines (devices, tips, replay storage) and the warnings of
+    ``QUIET_WARNINGS`` silenced."""
+    loggers = [logging.getLogger(name) for name in ("lightning.pytorch", "lightning.fabric", "torchrl")]
     levels = [lg.level for lg in loggers]
     for lg in loggers:
         lg.setLevel(logging.WARNING)
@@ -331,7 +337,7 @@ def fit(run: Run) -> None:
         print(f"{module.trial_index} trials, {module.env_steps} env steps ({rate:.0f}/s){result}; run directory {run.dir}")
 
 
-def train(cfg: RunConfig, callbacks: Sequence[Callback] = ()) -> tuple[pl.Trainer, MemoPPO]:
+def train(cfg: RunConfig, callbacks: Sequence[Callback] = ()) -> tuple[pl.Trainer, TrialModule]:
     """Build a run from ``cfg`` (from :func:`load_config`) and fit it; returns ``(trainer, module)``."""
     run = build(cfg, callbacks)
     fit(run)
@@ -341,7 +347,7 @@ def train(cfg: RunConfig, callbacks: Sequence[Callback] = ()) -> tuple[pl.Traine
 USAGE = "usage: python {script} [config=<name or path.yaml>] [key=value ...] [--debug]"
 
 
-def main(default_config: str, argv: List[str] | None = None) -> tuple[pl.Trainer, MemoPPO]:
+def main(default_config: str, argv: List[str] | None = None) -> tuple[pl.Trainer, TrialModule]:
     """Command-line entry: ``python script.py [config=path.yaml] key=value ... [--debug]``.
 
     A config, checkpoint or non-finite-value error prints one line and exits with status 2 (1 for a

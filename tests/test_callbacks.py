@@ -1,4 +1,4 @@
-"""The cache refresh inside the training loop, episode shuffling, trial metrics."""
+"""The cache refresh inside the training loop, episode shuffling, trial metrics, the progress bar."""
 
 import copy
 
@@ -6,9 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-from lightning_memo.callbacks import CacheRefresh, TrialCallback, TrialMetrics
+from lightning_memo.algos.ppo import MemoPPO
+from lightning_memo.callbacks import CacheRefresh, EnvStepProgressBar, TrialCallback, TrialMetrics
+from lightning_memo.envs import GymTrialEnv, make_trial_env
 from lightning_memo.rollout import shuffled_episode_order, trial_metrics
-from tests.scripts.tiny import tiny_module, tiny_trainer
+from lightning_memo.train import EnvStepBudget
+from tests.scripts.tiny import tiny_module, tiny_policy, tiny_ppo, tiny_trainer
 
 
 class _Snapshot(TrialCallback):
@@ -135,3 +138,31 @@ def test_rollout_video_names_a_missing_renderer():
 
     with pytest.raises(TypeError, match="render_frame"):
         _renderer(object())
+
+
+class _BarTotal(EnvStepProgressBar):
+    """Keeps the total the bar was drawn with."""
+
+    def on_train_start(self, trainer, pl_module):
+        super().on_train_start(trainer, pl_module)
+        self.drawn_total = self.bar.total
+
+
+def test_progress_bar_total_is_the_env_step_budget():
+    def total(module, callbacks):
+        trainer = tiny_trainer(callbacks, max_epochs=module.num_trials, enable_progress_bar=True)
+        trainer.fit(module)
+        return callbacks[0].drawn_total
+
+    assert total(tiny_module(num_trials=1), [_BarTotal()]) == 1 * 40 * 4  # fixed trials: num_trials x T x N
+    assert total(tiny_module(num_trials=3), [_BarTotal(), EnvStepBudget(100)]) == 100  # the CLI's budget
+    assert total(tiny_module(num_trials=3), [_BarTotal(max_env_steps=200)]) == 200
+    episodic = MemoPPO(*_cartpole(), tiny_ppo(trial_len=200, update_every=20, num_trials=1), seed=0)
+    assert total(episodic, [_BarTotal()]) is None  # trials end early: no total without a budget
+    episodic = MemoPPO(*_cartpole(), tiny_ppo(trial_len=200, update_every=20, num_trials=1), seed=0)
+    assert total(episodic, [_BarTotal(), EnvStepBudget(150)]) == 150
+
+
+def _cartpole():
+    env = make_trial_env(GymTrialEnv("CartPole-v1", num_envs=4, trial_len=200, seed=0))
+    return tiny_policy(env, "gru"), env

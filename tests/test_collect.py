@@ -1,9 +1,11 @@
-"""TrialCollector: windows, history, seeding per trial and rank, value overwrite."""
+"""TrialCollector: windows, history, seeding per trial and rank, value overwrite, episodic trials."""
 
 import pytest
 import torch
 
-from lightning_memo.rollout import TrialCollector
+from lightning_memo.envs import GymTrialEnv, make_trial_env
+from lightning_memo.rollout import TrialCollector, env_steps, episode_stats, trial_metrics
+from tests.envs.test_gym_trial import Countdown
 from tests.scripts.tiny import TRIAL_LEN, env_factory, tiny_policy
 
 
@@ -51,3 +53,33 @@ def test_overwrite_values_and_log_probs():
     assert c.history["state_value"].abs().sum() == 0 and (c.history["action_log_prob"] == 1).all()
     with pytest.raises(RuntimeError, match="start_trial"):
         _collector().collect(1)
+
+
+def _episodic_env(num_envs=4, trial_len=20, seed=2):
+    return GymTrialEnv(lambda: Countdown("box"), num_envs=num_envs, trial_len=trial_len, seed=seed)
+
+
+def test_episode_stats_leave_out_the_idle_steps_of_episodic_rows():
+    env = _episodic_env()
+    lengths = env.reset()["observation"][:, 0]  # Countdown shows its episode length
+    assert len(set(lengths.tolist())) > 1  # shorter rows idle until the longest ends
+    env.set_seed(2)
+    history = env.rollout(20)  # one trial: stops when every row has ended
+    returns, steps, counts = episode_stats(history, max_episodes=1)
+    assert int(counts[0]) == 4 and history.shape[1] == int(lengths.max())
+    assert float(steps[0]) == float(lengths.sum())
+    assert float(returns[0]) == float(history["next", "reward"].sum())
+    assert trial_metrics(history)["episode_len/0"] == pytest.approx(float(lengths.mean()))
+
+
+def test_collect_stops_where_an_episodic_trial_ends():
+    env = make_trial_env(_episodic_env())
+    c = TrialCollector(env, tiny_policy(env), trial_len=20, seed=2)
+    c.start_trial(0)
+    lengths = c.pending["observation"][:, 0]
+    assert not c.trial_over
+    window = c.collect(10)  # every Countdown episode lasts at most 5 steps
+    assert window.shape == (4, int(lengths.max())) and c.t == window.shape[1] and c.trial_over
+    assert env_steps(window) == int(lengths.sum()) < window.numel()  # idle rows are no env steps
+    assert c.pending["done"].all() and c.history["next", "done"][:, -1].all()
+    assert c.collect(5).shape == (4, 0) and c.t == window.shape[1]  # nothing more to collect

@@ -49,7 +49,7 @@ def test_python_block_runs(code: str, tmp_path: Path):
 
 
 PUBLIC_PACKAGES = ["lightning_memo", "lightning_memo.nn", "lightning_memo.envs", "lightning_memo.algos",
-                   "lightning_memo.algos.amago"]
+                   "lightning_memo.algos.amago", "lightning_memo.config", "lightning_memo.train"]
 
 
 def test_reference_documents_every_public_name():
@@ -72,3 +72,20 @@ def test_reference_documents_every_public_name():
         and id(getattr(importlib.import_module(package), name)) not in documented
     ]
     assert not missing, f"add a `::: name` entry to a page of docs/reference/ for: {missing}"
+
+
+def test_training_page_lists_every_ppo_setting_with_its_default():
+    """docs/training.md's `ppo.*` tables name every PPOConfig field once, with the dataclass default."""
+    from dataclasses import MISSING, fields
+
+    from lightning_memo.algos import PPOConfig
+
+    rows = re.findall(r"^\| `ppo\.(\w+)` \| `([^`]*)` \|", (ROOT / "docs" / "training.md").read_text(), re.M)
+    documented = dict(rows)
+    assert len(documented) == len(rows), "a ppo.* key is listed twice in docs/training.md"
+    literals = {"true": True, "false": False, "null": None}
+    expected = {f.name: f.default for f in fields(PPOConfig) if f.default is not MISSING}
+    assert sorted(documented) == sorted(expected), "docs/training.md's ppo.* tables and PPOConfig's fields differ"
+    for name, text in documented.items():
+        value = literals[text] if text in literals else float(text)
+        assert value == expected[name], f"docs/training.md: ppo.{name} default is {text}, PPOConfig says {expected[name]!r}"

@@ -4,10 +4,10 @@ Docstrings may say ``:class:`MemoPolicy``` or ``:meth:`TrialModule.refresh_cache
 those literally. Here a role naming a public object (anything in a package's ``__all__``, or a member of
 one) becomes a link to its reference entry; any other role becomes inline code. An ``Args:`` entry naming
 several parameters at once (``hidden, layers: sizes of the MLP``) becomes one entry per parameter, each
-with the shared text, as the Google style the reference parses has one name per entry. A class field
-without a docstring but with a trailing comment (``lr: float = 3e-4  # peak learning rate``) gets the
-comment as its docstring, so config fields show their meaning in the reference. Classes and functions
-end with a link to their source lines on GitHub (the inline source is there too, folded).
+with the shared text, as the Google style the reference parses has one name per entry. Classes and
+functions end with a link to their source lines on GitHub (the inline source is there too, folded).
+Config fields carry attribute docstrings (a string on the line after the field), which griffe reads
+as they are.
 """
 
 from __future__ import annotations
@@ -32,7 +32,6 @@ PACKAGES = (
 EXTRA = {"MemoPolicy": "lightning_memo.policy.MemoPolicy", "TrialCollector": "lightning_memo.rollout.TrialCollector"}
 SHARED_ARG = re.compile(r"^(?P<indent>[ \t]+)(?P<names>\w+(?:, \w+)+): (?P<text>.*)$", re.MULTILINE)
 SOURCE_URL = "https://github.com/lightning-memo/lightning_memo/blob/main/{path}#L{start}-L{end}"
-TRAILING_COMMENT = re.compile(r"^[^#]*?\S\s+#\s*(?P<text>.+?)\s*$")
 ROLE = re.compile(r":(?:py:)?(class|meth|func|attr|mod|obj|data|exc):`~?([\w.]+)(?:\(\))?`")
 
 
@@ -70,12 +69,8 @@ class RstRoles(Extension):
         return "\n".join(f"{indent}{name}: {text}" for name in match.group("names").split(", "))
 
     def on_instance(self, *, obj: Object, **kwargs: Any) -> None:
-        if obj.is_attribute and obj.docstring is None and obj.parent is not None and obj.parent.is_class:
-            comment = TRAILING_COMMENT.match(obj.source.splitlines()[0]) if obj.source else None
-            if comment:
-                text = comment.group("text")
-                obj.docstring = Docstring(text[0].upper() + text[1:], parent=obj)
-        if (obj.is_class or obj.is_function) and obj.lineno and obj.endlineno:
+        # not __init__: merge_init_into_class shows its docstring in the class's, which has the link already
+        if (obj.is_class or obj.is_function) and obj.name != "__init__" and obj.lineno and obj.endlineno:
             url = SOURCE_URL.format(path=obj.relative_filepath.as_posix(), start=obj.lineno, end=obj.endlineno)
             link = f"[Source on GitHub]({url}){{ .source-link }}"
             if obj.docstring is None:

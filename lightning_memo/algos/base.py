@@ -5,8 +5,9 @@ owns the trial loop's bookkeeping, so an algorithm's ``training_step`` reads top
 
     self.start_trial()                       # seeded reset, empty memory; hook on_trial_start
     self.collect(U)                          # U steps in step mode, appended to the trial history
+    last = self.trial_over()                 # on every rank (episodic trials may end before trial_len)
     ... update on self.collector.history ...
-    self.call_trial_hook("on_policy_update") # CacheRefresh calls self.refresh_cache() here
+    self.call_trial_hook("on_policy_update") # unless last; CacheRefresh calls self.refresh_cache() here
     self.end_trial()                         # counters; hook on_trial_end
 
 One Lightning epoch = one trial (``Trainer(max_epochs=num_trials)``): the dataloader yields the index of
@@ -31,7 +32,7 @@ from torchrl.envs import EnvBase
 
 from lightning_memo.callbacks import CacheRefresh
 from lightning_memo.policy import ACTION_KEY, MemoPolicy, NonFiniteError
-from lightning_memo.rollout import TrialCollector, trial_metrics, with_shuffled_episodes
+from lightning_memo.rollout import TrialCollector, env_steps, trial_metrics, with_shuffled_episodes
 
 EnvSource = Union[EnvBase, Callable[[int], EnvBase]]
 
@@ -67,6 +68,7 @@ class TrialModule(pl.LightningModule):
     """
 
     state_key = "trial_state"  # where on_save_checkpoint stores the counters and RNG states
+    config_section = "ppo"  # the run config's section of this algorithm (named in warnings)
 
     def __init__(self, policy: MemoPolicy, env: EnvSource, trial_len: int, num_trials: int, seed: int = 0) -> None:
         super().__init__()
@@ -116,7 +118,7 @@ class TrialModule(pl.LightningModule):
             rank_zero_warn(
                 f"{type(self).__name__} runs without a CacheRefresh callback: after every partial update the "
                 "policy keeps acting on a memory cache (and stored values) computed with the old weights. "
-                "Set ppo.refresh=true, or add CacheRefresh(every=k) / CacheRefresh(flush_only=True) to the Trainer."
+                f"Set {self.config_section}.refresh=true, or add CacheRefresh(every=k) / CacheRefresh(flush_only=True) to the Trainer."
             )
             return []
         return [refresh]
@@ -132,13 +134,21 @@ class TrialModule(pl.LightningModule):
         self.call_trial_hook("on_trial_start")
 
     def collect(self, steps: int):
-        """``steps`` more steps of the trial (step mode); returns the window ``[N, steps]``."""
+        """``steps`` more steps of the trial (step mode); returns the window ``[N, steps]`` (shorter, or
+        empty, where the trial ended: see ``TrialCollector.collect``). ``env_steps`` grows by the steps
+        every rank's envs took (not the idle steps of episodic rows that have ended)."""
         try:
             window = self.collector.collect(steps)
         except NonFiniteError as err:
             raise self.non_finite(str(err)) from None
-        self.env_steps += self.collector.num_envs * steps * self.trainer.world_size
+        stepped = torch.tensor(float(env_steps(window)), device=self.device)
+        self.env_steps += int(self.trainer.strategy.reduce(stepped, reduce_op="sum"))
         return window
+
+    def trial_over(self) -> bool:
+        """Whether the current trial has ended on every rank (an episodic trial may end early on some)."""
+        over = torch.tensor(float(self.collector.trial_over), device=self.device)
+        return bool(self.trainer.strategy.reduce(over, reduce_op="mean") == 1.0)
 
     def end_trial(self) -> None:
         """Count the trial; ``on_trial_end`` (the whole trial is in ``collector.history``)."""
@@ -154,9 +164,10 @@ class TrialModule(pl.LightningModule):
 
     @property
     def last_trial(self) -> dict[str, float]:
-        """Metrics of the latest finished trial on this rank (see ``rollout.trial_metrics``); ``{}`` before."""
+        """Metrics of the latest finished trial on this rank (see ``rollout.trial_metrics``); ``{}`` before
+        the first one ends and while the next one runs."""
         c = self.collector
-        if c is None or c.t != self.trial_len or self.trial_index == 0:
+        if c is None or not c.trial_over or self.trial_index == 0:
             return {}
         return trial_metrics(c.history)
 

@@ -1,9 +1,10 @@
-"""Environments: Dark-Key-To-Door, ObjNavGrid (+ the habitat backend), any gymnasium task, trial features.
+"""Environments: Dark-Key-To-Door, ObjNavGrid (+ the habitat backend), any gymnasium or TorchRL task, trial features.
 
 ``make_env(name, num_envs=..., trial_len=...)`` builds a task by name from one table (``ENV_NAMES``),
 which also registers the gymnasium ids ``lightning_memo/DarkKeyToDoor-v0`` and
 ``lightning_memo/ObjNavGrid-v0`` on import (their options are ``gymnasium.make`` keyword arguments);
-any other registered gymnasium id becomes a :class:`GymTrialEnv`.
+any other registered gymnasium id becomes a :class:`GymTrialEnv`, which also adapts gymnasium factories
+and TorchRL envs (``GymEnv``, ``SerialEnv``, ``ParallelEnv``).
 """
 
 from lightning_memo.envs.dark_key_to_door import DarkKeyToDoorEnv, DarkKeyToDoorGym

@@ -15,7 +15,7 @@ import torch
 from tensordict import TensorDict, TensorDictBase
 from torch import Tensor
 from torchrl.data import Bounded, Categorical, Composite, TensorSpec, Unbounded
-from torchrl.envs import EnvBase
+from torchrl.envs import EnvBase, TransformedEnv
 
 FLAG_KEYS = ("episode_start", "episode_index", "episode_end", "success")
 
@@ -55,6 +55,19 @@ def gym_action(action: object, num_actions: int) -> int:
     if not 0 <= a < num_actions:
         raise ValueError(f"action must be in [0, {num_actions}), got {a}.")
     return a
+
+
+def env_attribute(env: EnvBase, name: str, default: Any = None) -> Any:
+    """``env.<name>`` from ``env`` or the env it wraps (through ``TransformedEnv.base_env``).
+
+    Looks only at attributes the env object or its class defines: batched envs (``SerialEnv``) forward
+    unknown names to their workers, which recurses before the env has started.
+    """
+    while env is not None:
+        if name in getattr(env, "__dict__", {}) or hasattr(type(env), name):
+            return getattr(env, name)
+        env = env.base_env if isinstance(env, TransformedEnv) else None
+    return default
 
 
 def env_rngs(seed: int | None, num_envs: int) -> list[np.random.Generator]:

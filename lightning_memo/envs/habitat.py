@@ -21,7 +21,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
-from tensordict import TensorDict, TensorDictBase
+from tensordict import TensorDictBase
 from torch import Tensor
 from torchrl.data import Unbounded
 
@@ -58,7 +58,9 @@ class HabitatKeys:
     """Names of the habitat observations used (``head_rgb`` for the Fetch head camera in habitat 3)."""
 
     rgb: str = "rgb"
+    """The RGB camera observation (``head_rgb`` for the Fetch head camera in habitat 3)."""
     goal: str = "objectgoal"
+    """The target-category observation (an integer category id)."""
 
 
 def ground_pose(position: Sequence[float], rotation_wxyz: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:

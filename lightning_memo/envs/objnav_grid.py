@@ -46,15 +46,25 @@ class ObjNavGridConfig:
     """The task knobs shared by :class:`ObjNavGridGym` and :class:`ObjNavGridEnv` (validated)."""
 
     size: int = 17
+    """Side of the square house in cells, outer walls included; 5 to 128."""
     num_categories: int = 8
+    """K: object categories (the target is one of them); 1 to 100."""
     objects_per_category: int = 1
+    """Instances of each category placed per house; >= 1."""
     view_depth: int = 4
+    """D: rows of the egocentric view ahead of the agent (a 90 degree wedge, occluded by walls); >= 1."""
     success_radius: float = 1.5
+    """STOP succeeds with a visible target instance within this many cells; 1 to ``view_depth``."""
     episode_len: int = 100
+    """Steps an inner episode lasts at most; >= 1."""
     trial_len: int = 1000
+    """Steps of a trial (inner episodes in the same house); >= 1."""
     slack_reward: float = -0.003
+    """Reward of every step."""
     progress_reward: float = 0.25
+    """Reward per cell the BFS distance to the nearest goal viewpoint shrinks (negative when it grows)."""
     success_reward: float = 2.0
+    """Reward of a successful STOP."""
 
     def __post_init__(self):
         check_int("size", self.size, minimum=oh.MIN_ROOM + 2)

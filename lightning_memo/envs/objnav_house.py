@@ -32,10 +32,15 @@ class ViewGeometry:
     """Fixed egocentric window data; ``V = (D + 1) * (2D + 1)`` window cells."""
 
     depth: int
-    offsets: np.ndarray  # int64 [4, V, 2]: world (drow, dcol) of each window cell per heading
-    between: np.ndarray  # int64 [V, B]: cells strictly between the agent and v (padded with V)
-    cone: np.ndarray  # bool [V]: inside the 90 degree wedge
-    distance: np.ndarray  # float64 [V]: Euclidean distance to the agent's cell
+    """D: rows of the window ahead of the agent."""
+    offsets: np.ndarray
+    """int64 [4, V, 2]: world (drow, dcol) of each window cell per heading."""
+    between: np.ndarray
+    """int64 [V, B]: cells strictly between the agent and v (padded with V)."""
+    cone: np.ndarray
+    """bool [V]: inside the 90 degree wedge."""
+    distance: np.ndarray
+    """float64 [V]: Euclidean distance to the agent's cell."""
 
 
 def _round_half_away(x: np.ndarray) -> np.ndarray:
@@ -85,10 +90,14 @@ def pad_grid(grid: np.ndarray, depth: int) -> np.ndarray:
 class House:
     """One trial's house: layout, view table, goal viewpoints and the pre-drawn inner episodes."""
 
-    grid: np.ndarray  # int64 [S, S] cell codes
-    views: np.ndarray  # int8 [S, S, 4, V]: codes seen from each cell and heading, UNSEEN if hidden
-    goal: np.ndarray  # bool [K, S, S]: from here, some heading sees category k within the radius
-    episodes: np.ndarray  # int64 [E, 4]: target, row, col, heading of inner episode e
+    grid: np.ndarray
+    """int64 [S, S]: cell codes."""
+    views: np.ndarray
+    """int8 [S, S, 4, V]: codes seen from each cell and heading, UNSEEN if hidden."""
+    goal: np.ndarray
+    """bool [K, S, S]: from here, some heading sees category k within the radius."""
+    episodes: np.ndarray
+    """int64 [E, 4]: target, row, col, heading of inner episode e."""
 
 
 def view_table(grid: np.ndarray, geom: ViewGeometry) -> np.ndarray:

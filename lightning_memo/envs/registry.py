@@ -15,7 +15,8 @@ import gymnasium
 
 from lightning_memo.envs._common import TrialEnv, TrialGym
 from lightning_memo.envs.dark_key_to_door import DarkKeyToDoorEnv, DarkKeyToDoorGym
-from lightning_memo.envs.gym_trial import GymTrialEnv, is_gym_id
+from lightning_memo.envs.gym_rows import is_gym_id
+from lightning_memo.envs.gym_trial import GymTrialEnv
 from lightning_memo.envs.habitat import HabitatObjNavEnv
 from lightning_memo.envs.objnav_grid import ObjNavGridEnv, ObjNavGridGym
 
@@ -28,8 +29,11 @@ class EnvEntry:
     """A task: its batched env and, where it has one, its gymnasium face and id."""
 
     batched: type[TrialEnv]
+    """The batched env class (``[N]`` trials as tensors), what training uses."""
     gym: type[TrialGym] | None = None
+    """Its gymnasium class (one trial, numpy), if any."""
     gym_id: str | None = None
+    """The gymnasium id registered for ``gym``, if any."""
 
 
 ENVS: dict[str, EnvEntry] = {

@@ -19,7 +19,8 @@ from typing import Any
 import gymnasium as gym
 from torchrl.envs import TransformedEnv
 
-from lightning_memo.envs.gym_trial import GymTrialEnv, episode_limit
+from lightning_memo.envs.gym_rows import episode_limit
+from lightning_memo.envs.gym_trial import GymTrialEnv
 from lightning_memo.envs.transforms import make_trial_env
 
 

@@ -21,6 +21,8 @@ from tensordict import TensorDictBase
 from torchrl.data import Bounded, Categorical, Composite, OneHot, Unbounded
 from torchrl.envs import Compose, EnvBase, InitTracker, Transform, TransformedEnv
 
+from lightning_memo.envs._common import env_attribute
+
 TRIAL_FEATURE_KEYS = ("prev_action", "prev_reward", "trial_time", "reset_flag")
 
 
@@ -132,9 +134,12 @@ def make_trial_env(
         td = env.reset()  # is_init, prev_action (all ones), prev_reward, trial_time, reset_flag, ...
     """
     if trial_len is None:
-        trial_len = getattr(base_env, "trial_len", None)
+        trial_len = env_attribute(base_env, "trial_len")
         if trial_len is None:
-            raise ValueError(f"{type(base_env).__name__} has no trial_len attribute: pass trial_len=.")
+            raise ValueError(
+                f"{type(base_env).__name__} has no trial_len attribute: pass trial_len=, or first make it a trial env "
+                "with lightning_memo.envs.GymTrialEnv(env, trial_len=...) (episode flags, restarts, masks)."
+            )
     if num_actions is None:
         num_actions = num_discrete_actions(base_env)
     return TransformedEnv(base_env, Compose(InitTracker(), TrialFeatures(num_actions, trial_len), *transforms))

@@ -9,8 +9,11 @@ Every attention layer calls a KV source ``(layer, k_new, v_new) -> (k_all, v_all
 * :class:`PrefixKV` (sequence mode): a fixed prefix plus causal attention among the new tokens;
 * :class:`CacheKV` over a :class:`KVCache` (step mode): per-row stored tokens plus the new ones.
 
-Shapes: ``x [B,n,D]``, ``pos [B,n]`` or ``[n]``, ``k/v [B,H,n,Dh]``, ``mask`` bool broadcastable to
-``[B,H,n,S]`` (True = may attend) or ``None`` for plain causal attention among the new tokens.
+Shapes: ``x [B,n,D]``, ``pos [B,n]`` or ``[n]``, ``k/v [B,H,n,Dh]``. ``mask`` is one of (see :func:`attend`):
+a bool tensor broadcastable to ``[B,H,n,S]`` (True = may attend); ``None``, causal with the new tokens
+last among the keys (so plain causal when ``S == n``, no masking at all for one new token); or a
+:class:`Band` (a sliding window and/or always-visible lead keys, attended chunk by chunk without a
+``[n, S]`` mask).
 """
 
 from __future__ import annotations
@@ -23,8 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-KVSource = Callable[[int, Tensor, Tensor], tuple[Tensor, Tensor, Optional[Tensor]]]
-Rope = tuple[Tensor, Tensor]  # cos, sin [B,1,n,Dh/2] or [n,Dh/2]
+KVSource = Callable[[int, Tensor, Tensor], tuple[Tensor, Tensor, "Tensor | Band | None"]]
+Rope = tuple[Tensor, Tensor]  # cos, sin [B,n,1,Dh/2] or [n,1,Dh/2] (token-major: broadcast over heads)
 LayerKV = list[Optional[tuple[Tensor, Tensor]]]  # per layer (k, v) [B,H,n,Dh]; None for a skipped layer
 
 
@@ -94,7 +97,8 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: Tensor) -> Tensor:
-        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight
+        """``x * rsqrt(mean(x^2) + eps) * weight`` over the last dimension (one fused kernel)."""
+        return F.rms_norm(x, self.weight.shape, self.weight, self.eps)
 
 
 # ------------------------------------------------------------------------------------------ RoPE
@@ -104,19 +108,19 @@ def _inv_freq(half: int, base: float, device: torch.device, dtype: torch.dtype) 
 
 
 def rope_tables(pos: Tensor, head_dim: int, base: float, dtype: torch.dtype) -> Rope:
-    """cos/sin of positions ``pos [B,n]`` or ``[n]`` for heads of width ``head_dim``, cast to ``dtype``.
+    """cos/sin of positions ``pos [B,n]`` or ``[n]`` for heads of width ``head_dim``, cast to ``dtype``,
+    shaped ``[B,n,1,Dh/2]`` / ``[n,1,Dh/2]`` for token-major tensors ``[B,n,H,Dh]``.
 
     float64 inputs get float64 angles so that the float64 parity oracles can be tight.
     """
     angle_dtype = torch.float64 if dtype == torch.float64 else torch.float32
     angles = pos.to(angle_dtype)[..., None] * _inv_freq(head_dim // 2, base, pos.device, angle_dtype)
-    if angles.dim() == 3:
-        angles = angles[:, None]  # [B,1,n,half]: broadcast over heads
+    angles = angles.unsqueeze(-2)  # broadcast over heads
     return angles.cos().to(dtype), angles.sin().to(dtype)
 
 
 def rotate(x: Tensor, rope: Rope) -> Tensor:
-    """Rotate ``x [B,H,n,Dh]`` by the tables of :func:`rope_tables` (rotate-half convention)."""
+    """Rotate token-major ``x [B,n,H,Dh]`` by the tables of :func:`rope_tables` (rotate-half convention)."""
     cos, sin = rope
     x1, x2 = x.chunk(2, dim=-1)
     return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
@@ -124,7 +128,7 @@ def rotate(x: Tensor, rope: Rope) -> Tensor:
 
 def apply_rope(x: Tensor, pos: Tensor, base: float) -> Tensor:
     """Rotate ``x [B,H,n,Dh]`` to positions ``pos [B,n]`` or ``[n]``."""
-    return rotate(x, rope_tables(pos, x.shape[-1], base, x.dtype))
+    return rotate(x.transpose(1, 2), rope_tables(pos, x.shape[-1], base, x.dtype)).transpose(1, 2)
 
 
 def drop_front(k: Tensor, v: Tensor, count: Tensor, rebase: bool, rope_base: float) -> tuple[Tensor, Tensor]:
@@ -143,6 +147,42 @@ def drop_front(k: Tensor, v: Tensor, count: Tensor, rebase: bool, rope_base: flo
 
 
 # ------------------------------------------------------------------------------------ the model
+@dataclass(frozen=True)
+class Band:
+    """Visibility among ``n`` new tokens without a prefix: causal, at most ``window - 1`` steps back
+    (``None``: no limit), after ``lead`` keys every query sees (e.g. a sink). Keys ``[lead | new]``."""
+
+    window: int | None
+    lead: int = 0
+
+
+def attend(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | Band | None, chunk: int = 512) -> Tensor:
+    """Attention of ``q [B,H,n,Dh]`` over ``k/v [B,H,S,Dh]`` under ``mask`` (see the module doc).
+
+    A :class:`Band` is attended ``chunk`` queries at a time over the keys their band reaches, so the
+    largest mask is ``[chunk, lead + chunk + window]`` instead of ``[n, S]`` (same function: the keys
+    left out are exactly the masked ones).
+    """
+    n = q.shape[2]
+    if mask is None:
+        return F.scaled_dot_product_attention(q, k, v, is_causal=n > 1)
+    if isinstance(mask, Tensor):
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    lead, window = mask.lead, mask.window
+    outputs = []
+    for start in range(0, n, chunk):
+        stop = min(start + chunk, n)
+        first = 0 if window is None else max(0, start - window + 1)
+        keys, values = k[:, :, lead + first : lead + stop], v[:, :, lead + first : lead + stop]
+        if lead:
+            keys, values = torch.cat((k[:, :, :lead], keys), 2), torch.cat((v[:, :, :lead], values), 2)
+        lag = torch.arange(start, stop, device=q.device)[:, None] - torch.arange(first, stop, device=q.device)
+        visible = (lag >= 0) if window is None else (lag >= 0) & (lag < window)
+        visible = F.pad(visible, (lead, 0), value=True)
+        outputs.append(F.scaled_dot_product_attention(q[:, :, start:stop], keys, values, attn_mask=visible))
+    return torch.cat(outputs, dim=2)
+
+
 class Attention(nn.Module):
     def __init__(self, cfg: TransformerConfig) -> None:
         super().__init__()
@@ -151,19 +191,21 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model, bias=False)
         self.out = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
 
-    def _heads(self, t: Tensor) -> Tensor:
-        B, n, _ = t.shape
-        return t.view(B, n, self.n_heads, self.head_dim).transpose(1, 2)
+    def _qkv(self, x: Tensor) -> Tensor:
+        """Projections of ``x [B,n,D]``, token-major ``[B,n,3H,Dh]`` (heads of q, then k, then v)."""
+        B, n, _ = x.shape
+        return self.qkv(x).view(B, n, 3 * self.n_heads, self.head_dim)
 
     def keys_values(self, x: Tensor, rope: Rope) -> tuple[Tensor, Tensor]:
         """Rotated keys and values of ``x`` only (used when a layer's output is not needed)."""
-        _, k, v = self.qkv(x).chunk(3, dim=-1)
-        return rotate(self._heads(k), rope), self._heads(v)
+        H, qkv = self.n_heads, self._qkv(x)
+        return rotate(qkv[:, :, H : 2 * H], rope).transpose(1, 2), qkv[:, :, 2 * H :].transpose(1, 2)
 
     def forward(self, x: Tensor, rope: Rope, kv: KVSource, layer: int) -> Tensor:
-        q, k, v = (self._heads(t) for t in self.qkv(x).chunk(3, dim=-1))
-        keys, values, mask = kv(layer, rotate(k, rope), v)
-        y = F.scaled_dot_product_attention(rotate(q, rope), keys, values, attn_mask=mask, is_causal=mask is None)
+        H, qkv = self.n_heads, self._qkv(x)
+        q, k = rotate(qkv[:, :, : 2 * H], rope).transpose(1, 2).split(H, dim=1)  # queries and keys rotated at once
+        keys, values, mask = kv(layer, k, qkv[:, :, 2 * H :].transpose(1, 2))
+        y = attend(q, keys, values, mask)
         B, _, n, _ = y.shape
         return self.out(y.transpose(1, 2).reshape(B, n, -1))
 
@@ -253,11 +295,10 @@ class PrefixKV:
         self.window = window
         self.new: LayerKV = [None] * n_layers
 
-    def __call__(self, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
+    def __call__(self, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor, Tensor | Band | None]:
         self.new[layer] = (k, v)
-        if self.window is not None:  # a bool band: causal, at most window-1 steps back
-            n = k.shape[2]
-            return k, v, torch.ones(n, n, dtype=torch.bool, device=k.device).tril().triu(1 - self.window)
+        if self.window is not None:
+            return k, v, Band(self.window)
         prefix = self.prefix[layer] if self.prefix is not None else None
         if prefix is None or prefix[0].shape[2] == 0:
             return k, v, None
@@ -392,24 +433,36 @@ class CacheKV:
     """KV source over a :class:`KVCache`: the ``n`` new tokens of each row are written at slots
     ``lengths[b] + i`` and attend to every valid slot of their row plus earlier new tokens (only to the
     last ``window`` slots, themselves included, when ``window`` is given). Slots and mask are computed
-    once for all layers."""
+    once for all layers, with one host sync per call. When all rows hold the same number of tokens (the
+    usual lockstep rollout) the new tokens are written with a plain slice, and one new token per row
+    needs no mask: it sees exactly the first ``span`` slots, so the cache is sliced instead."""
 
     def __init__(self, cache: KVCache, n: int, rows: Tensor | None, window: int | None) -> None:
         lengths = cache.lengths if rows is None else cache.lengths[rows]
         self.cache, self.rows = cache, rows
-        self.span = int(lengths.max()) + n  # slots any of these rows reads (one host sync per call)
-        self.slots = lengths[:, None] + torch.arange(n, device=lengths.device)  # [b, n]
-        lag = self.slots[:, :, None] - torch.arange(self.span, device=lengths.device)  # [b, n, span]
-        visible = lag >= 0 if window is None else (lag >= 0) & (lag < window)
-        self.mask = visible[:, None]
-        self.row_index = (torch.arange(cache.batch_size, device=lengths.device) if rows is None else rows)[:, None]
+        shortest, longest = torch.stack(torch.aminmax(lengths)).tolist()
+        self.span = longest + n  # slots any of these rows reads
+        self.start = longest if shortest == longest and rows is None else None  # every row writes here
+        self.first = 0 if window is None or self.start is None else max(0, longest - window + 1)
+        if self.start is not None and n == 1:
+            self.mask = None  # the one new token sees slots first .. span-1, all of what is read
+        else:
+            self.slots = lengths[:, None] + torch.arange(n, device=lengths.device)  # [b, n]
+            lag = self.slots[:, :, None] - torch.arange(self.first, self.span, device=lengths.device)  # [b,n,read]
+            visible = lag >= 0 if window is None else (lag >= 0) & (lag < window)
+            self.mask = visible[:, None]
+            self.row_index = (torch.arange(cache.batch_size, device=lengths.device) if rows is None else rows)[:, None]
 
-    def __call__(self, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    def __call__(self, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
         cache = self.cache
         cache.reserve(self.span, k)
         kv = cache.kv[layer]
-        # advanced indices around a slice put the indexed dims first: the target is [b, n, H, Dh]
-        kv[0][self.row_index, :, self.slots] = k.transpose(1, 2).to(kv.dtype)
-        kv[1][self.row_index, :, self.slots] = v.transpose(1, 2).to(kv.dtype)
-        kv = kv[:, :, :, : self.span] if self.rows is None else kv[:, self.rows, :, : self.span]
+        if self.start is not None:
+            kv[0, :, :, self.start : self.span] = k.to(kv.dtype)
+            kv[1, :, :, self.start : self.span] = v.to(kv.dtype)
+        else:  # advanced indices around a slice put the indexed dims first: the target is [b, n, H, Dh]
+            kv[0][self.row_index, :, self.slots] = k.transpose(1, 2).to(kv.dtype)
+            kv[1][self.row_index, :, self.slots] = v.transpose(1, 2).to(kv.dtype)
+        read = slice(self.first, self.span)
+        kv = kv[:, :, :, read] if self.rows is None else kv[:, self.rows, :, read]
         return kv[0], kv[1], self.mask

@@ -16,8 +16,8 @@ keeps every step's keys/values in a :class:`KVCache` (counters ``"episode_step"`
   positions restart at 0; RoPE recipe, no sink). Both compute the same function, as RoPE scores
   depend on relative positions only.
 
-Sequence mode with a sink or a window needs an explicit ``[T, T]`` attention mask (plain causal FCT
-does not), so keep ``T`` moderate there; step mode is ``O(cache)`` per step.
+Sequence mode with a sink or a window attends chunk by chunk (:class:`~lightning_memo.nn.backbone.Band`):
+no ``[T, T]`` mask is built, and a window's cost is ``O(T * window)``; step mode is ``O(cache)`` per step.
 """
 
 from __future__ import annotations
@@ -29,7 +29,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lightning_memo.nn.backbone import KVCache, KVSource, PrefixKV, Transformer, TransformerConfig, drop_front, positive
+from lightning_memo.nn.backbone import (
+    Band,
+    KVCache,
+    KVSource,
+    PrefixKV,
+    Transformer,
+    TransformerConfig,
+    drop_front,
+    positive,
+)
 from lightning_memo.nn.base import SequenceMemory
 
 POSITION_RECIPES = ("rope", "relic")
@@ -117,15 +126,18 @@ class SinkKV:
         self.inner = inner
         self.sink_keys = sink_keys
 
-    def __call__(self, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    def __call__(self, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor, Tensor | Band | None]:
         keys, values, mask = self.inner(layer, k, v)
-        n, S = k.shape[2], keys.shape[2]
-        if mask is None:  # plain causal among the new tokens
-            mask = torch.ones(n, S, dtype=torch.bool, device=k.device).tril(S - n)
         sink = self.sink_keys[layer].to(keys.dtype)[None, :, None, :].expand(keys.shape[0], -1, 1, -1)
         keys = torch.cat((sink, keys), dim=2)
         values = torch.cat((torch.zeros_like(sink), values), dim=2)
-        return keys, values, F.pad(mask, (1, 0), value=True)
+        if isinstance(mask, Tensor):
+            mask = F.pad(mask, (1, 0), value=True)
+        elif isinstance(mask, Band):
+            mask = Band(mask.window, mask.lead + 1)
+        elif k.shape[2] > 1:  # causal among the new tokens (no prefix in sequence mode)
+            mask = Band(None, lead=1)
+        return keys, values, mask  # None stays None: one new token sees every key
 
 
 class FullContextMemory(SequenceMemory):

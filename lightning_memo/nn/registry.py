@@ -18,8 +18,13 @@ from lightning_memo.nn.rmt import RMTMemory
 
 
 class MemorySpec(NamedTuple):
+    """A registered memory name: its class and the keyword defaults the name implies."""
+
     cls: type[SequenceMemory]
-    defaults: Mapping[str, Any] = {}  # keyword defaults that make this name differ from the class default
+    """The memory class built for this name."""
+
+    defaults: Mapping[str, Any] = {}
+    """Keyword defaults that make this name differ from the class default (e.g. ``ac``: ``tbptt_segments=2``)."""
 
     @property
     def config_cls(self) -> type:

@@ -15,11 +15,22 @@ from torch import Tensor
 
 
 class TrialIndex(NamedTuple):
-    rows: Tensor  # [N, L] source row of each packed step
-    times: Tensor  # [N, L] source time of each packed step
-    valid: Tensor  # [N, L] false on padding
-    lengths: Tensor  # [N] steps of each packed trial
-    last: Tensor  # [B] the packed row holding each source row's last trial
+    """Where each packed step came from (the inverse map of :func:`pack_trials`)."""
+
+    rows: Tensor
+    """``[N, L]`` source row of each packed step."""
+
+    times: Tensor
+    """``[N, L]`` source time of each packed step."""
+
+    valid: Tensor
+    """``[N, L]`` false on padding."""
+
+    lengths: Tensor
+    """``[N]`` steps of each packed trial."""
+
+    last: Tensor
+    """``[B]`` the packed row holding each source row's last trial."""
 
 
 def _trial_bounds(resets: Tensor) -> tuple[Tensor, Tensor, Tensor]:

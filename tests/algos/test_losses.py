@@ -5,7 +5,8 @@ import math
 import pytest
 import torch
 
-from lightning_memo.algos.ppo.losses import clipped_policy_loss, explained_variance, masked_mean, trial_gae, value_loss
+from lightning_memo.algos.losses import masked_mean
+from lightning_memo.algos.ppo.losses import clipped_policy_loss, explained_variance, trial_gae, value_loss
 from lightning_memo.algos.ppo import PPOConfig, warmup_cosine
 from lightning_memo.policy import PopArtHead
 
@@ -75,6 +76,13 @@ def test_masked_mean_and_explained_variance():
     assert masked_mean(x, mask).item() == 2.0
     r = torch.tensor([1.0, 2.0, 3.0])
     assert explained_variance(r, r, torch.ones(3, dtype=torch.bool)).item() == pytest.approx(1.0)
+
+
+def test_masked_mean_broadcasts_a_step_mask_over_trailing_dims():
+    x = torch.arange(12.0).reshape(1, 3, 2, 2)  # [B, T, C, G]
+    mask = torch.tensor([[True, False, True]])  # [B, T]
+    assert masked_mean(x, mask).item() == (0 + 1 + 2 + 3 + 8 + 9 + 10 + 11) / 8
+    assert masked_mean(x, torch.zeros(1, 3, dtype=torch.bool)).item() == 0.0  # nothing masked in: 0, not nan
 
 
 def test_warmup_cosine():

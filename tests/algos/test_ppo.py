@@ -1,6 +1,7 @@
 """MemoPPO wiring: env/policy checks before training, counters, LR schedule, logged metrics."""
 
 import copy
+import math
 
 import pytest
 import torch
@@ -95,3 +96,55 @@ def test_inactive_steps_carry_no_loss():
     assert bool((module.collector.history.get("state_value")[idle] == 1e3).all())  # the update reads these
     after = update()
     assert after == pytest.approx(before, rel=1e-5, abs=1e-6)
+
+
+def test_last_trial_reports_an_episodic_trial_that_ended_early():
+    module = _episodic_module(trial_len=200, update_every=20, num_trials=1)
+    tiny_trainer(max_epochs=1).fit(module)
+    history = module.collector.history
+    assert history.shape[1] < 200  # ended before trial_len
+    lengths = history.get("active").squeeze(-1).sum(1).float()
+    metrics = module.last_trial
+    assert metrics["return"] == pytest.approx(float(history.get(("next", "reward")).sum() / 4))
+    assert metrics["episode_len/0"] == pytest.approx(float(lengths.mean()))
+
+
+def test_lr_schedule_spans_env_steps_when_lr_env_steps_is_set():
+    module = tiny_module(num_trials=2, lr_env_steps=640, warmup_steps=2)
+    trainer = tiny_trainer(max_epochs=2)
+    trainer.fit(module)
+    assert module.env_steps == 320  # half the schedule: the cosine is at its midpoint, whatever the trials
+    assert float(trainer.callback_metrics["train/lr"]) == pytest.approx(module.cfg.lr * 0.5)
+    assert module.lr_multiplier(0) == pytest.approx(0.5) and module.lr_multiplier(1) == pytest.approx(1.0)  # warm-up
+    for steps, multiplier in ((0, 1.0), (160, 0.5 * (1 + math.cos(math.pi / 4))), (640, 0.0), (10**6, 0.0)):
+        module.env_steps = steps
+        assert module.lr_multiplier(50) == pytest.approx(multiplier)
+    module.cfg.min_lr_ratio = 0.1
+    assert module.lr_multiplier(50) == pytest.approx(0.1)  # decays to lr * min_lr_ratio
+    for bad in (0, -5, 2.5, True, "1000"):
+        with pytest.raises(ValueError, match="ppo.lr_env_steps"):
+            tiny_ppo(lr_env_steps=bad).validate()
+    tiny_ppo(lr_env_steps=None).validate()
+
+
+def test_torchrl_envs_reach_memo_ppo_through_gym_trial_env():
+    from torchrl.envs import GymEnv, SerialEnv
+
+    from lightning_memo.envs import GymTrialEnv, make_trial_env
+    from lightning_memo.rollout import env_attribute
+
+    pytest.importorskip("popgym")
+    raw = SerialEnv(2, lambda: GymEnv("popgym-RepeatPreviousEasy-v0"))
+    assert env_attribute(raw, "trial_len") is None and raw.is_closed  # no RecursionError; not started
+    cfg = tiny_ppo(trial_len=52, update_every=26, num_minibatches=1, num_trials=1)
+    env = make_trial_env(GymTrialEnv(raw, trial_len=52, seed=0))
+    policy = tiny_policy(env, "gru")
+    with pytest.raises(ValueError, match="no trial_len.*GymTrialEnv"):
+        make_trial_env(raw)
+    with pytest.raises(ValueError, match="not a trial env.*GymTrialEnv"):  # the issue's report, now naming the fix
+        check_env_policy(make_trial_env(SerialEnv(2, lambda: GymEnv("popgym-RepeatPreviousEasy-v0")), 52), policy, cfg)
+    check_env_policy(env, policy, cfg)
+    module = MemoPPO(policy, env, cfg, seed=0)
+    tiny_trainer(max_epochs=1).fit(module)
+    assert module.collector.history.shape == (2, 51)  # POPGym's Easy episodes: 51 steps, then the trial ends
+    assert module.env_steps == 2 * 51 and "return" in module.last_trial

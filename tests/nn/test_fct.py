@@ -112,3 +112,46 @@ def test_rebase_and_grow_compute_the_same_function():
 def test_config_errors(kwargs, message):
     with pytest.raises(ValueError, match=message):
         FullContextMemory(**TINY, **kwargs)
+
+
+@pytest.mark.parametrize("window, lead", [(5, 0), (5, 1), (None, 1), (40, 2)])
+def test_banded_attention_equals_the_dense_mask(window, lead):
+    """Chunked Band attention (several chunks) is the same function as one dense [n, lead + n] mask."""
+    from lightning_memo.nn.backbone import Band, attend
+
+    torch.manual_seed(0)
+    n = 50
+    q = torch.randn(2, 3, n, 4, dtype=torch.float64, requires_grad=True)
+    k, v = (torch.randn(2, 3, lead + n, 4, dtype=torch.float64, requires_grad=True) for _ in range(2))
+    lag = torch.arange(n)[:, None] - torch.arange(n)
+    visible = (lag >= 0) & (lag < (window or n))
+    dense = torch.cat((torch.ones(n, lead, dtype=torch.bool), visible), 1)
+    expected = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=dense)
+    banded = attend(q, k, v, Band(window, lead), chunk=8)
+    torch.testing.assert_close(banded, expected, rtol=1e-12, atol=1e-12)
+    grads = torch.autograd.grad(banded.square().sum(), (q, k, v))
+    for got, want in zip(grads, torch.autograd.grad(expected.square().sum(), (q, k, v))):
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("kwargs", [dict(window=16), dict(sink_kv=True), dict(window=16, sink_kv=True)])
+def test_windowed_and_sink_sequence_mode_builds_no_square_mask(kwargs):
+    """A [T, T] bool mask at T = 2048 would be 4 MiB; chunked attention builds at most [chunk, T]."""
+    from torch.utils._pytree import tree_flatten
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class LargestBool(TorchDispatchMode):
+        nbytes = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            for t in tree_flatten(out)[0]:
+                if isinstance(t, torch.Tensor) and t.dtype == torch.bool:
+                    self.nbytes = max(self.nbytes, t.numel())
+            return out
+
+    T = 2048
+    memory = fct(**kwargs).float()
+    with torch.no_grad(), LargestBool() as largest:
+        memory.forward_sequence(torch.randn(1, T, 8))
+    assert largest.nbytes < T * T // 2

@@ -5,7 +5,7 @@ cloning, bilevel epsilon-greedy exploration."""
 from lightning_memo.algos.amago.exploration import bilevel_epsilon, epsilon_greedy
 from lightning_memo.algos.amago.heads import AmagoHeads, CriticEnsemble, EnsembleLinear, MultiGammaActor
 from lightning_memo.algos.amago.losses import actor_loss, amago_loss, critic_loss, min_of_random_pair, td_targets
-from lightning_memo.algos.amago.module import AmagoConfig, MemoAmago
+from lightning_memo.algos.amago.module import AmagoConfig, MemoAmago, amago_policy
 from lightning_memo.algos.amago.policy import AmagoPolicy
 from lightning_memo.algos.amago.popart import PopArt
 from lightning_memo.algos.amago.replay import TrialReplay
@@ -21,6 +21,7 @@ __all__ = [
     "PopArt",
     "TrialReplay",
     "actor_loss",
+    "amago_policy",
     "amago_loss",
     "bilevel_epsilon",
     "critic_loss",

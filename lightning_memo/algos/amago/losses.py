@@ -13,12 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from lightning_memo.algos.amago.heads import AmagoHeads
-
-
-def masked_mean(x: Tensor, mask: Tensor) -> Tensor:
-    """Mean of ``x [B, T, *]`` over the steps where ``mask [B, T]`` is true (and all trailing dims)."""
-    m = mask.reshape(*mask.shape, *([1] * (x.dim() - mask.dim()))).expand_as(x).to(x.dtype)
-    return (x * m).sum() / m.sum().clamp(min=1.0)
+from lightning_memo.algos.losses import masked_mean
 
 
 def _next_step(x: Tensor) -> Tensor:

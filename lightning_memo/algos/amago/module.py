@@ -48,36 +48,64 @@ class AmagoConfig:
     the recipe's; the schedule, replay and head sizes are this package's defaults (CPU configs shrink
     ``head_hidden``)."""
 
-    trial_len: int = 500  # T: steps per trial (must match the env)
-    update_every: int = 100  # U: steps between update rounds inside a trial; must divide trial_len
-    updates_per_env_step: float = 0.05  # gradient steps per env step of this rank
-    batch_size: int = 16  # trials (or windows) per gradient step
-    learning_starts: int = 1  # trials in the replay before updates start
-    replay_capacity: int = 2000  # trials kept per rank (FIFO)
-    replay_window: Optional[int] = None  # steps per sampled row; null: whole trials
-    replay_memmap_dir: Optional[str] = None  # memory-mapped replay under this directory (larger than RAM)
-    save_replay: bool = True  # write the replay beside each checkpoint (exact resume)
+    trial_len: int = 500
+    """T: steps per trial; must equal the env's (in a run config it follows ``env.trial_len``)."""
+    update_every: int = 100
+    """U: steps between update rounds inside a trial; must divide ``trial_len``."""
+    updates_per_env_step: float = 0.05
+    """Gradient steps per env step of this rank (>= 0; the fraction carries over to the next round)."""
+    batch_size: int = 16
+    """Trials (or windows) per gradient step (>= 1)."""
+    learning_starts: int = 1
+    """Trials in the replay before updates start (>= 1, at most ``replay_capacity``)."""
+    replay_capacity: int = 2000
+    """Trials kept per rank (first in, first out)."""
+    replay_window: Optional[int] = None
+    """Steps per sampled row, in ``[2, trial_len]``; null: whole trials."""
+    replay_memmap_dir: Optional[str] = None
+    """Keep the replay memory-mapped under this directory (for buffers larger than RAM); null: in RAM."""
+    save_replay: bool = True
+    """Write the replay beside each checkpoint, so a resumed run continues exactly."""
     gammas: List[float] = field(default_factory=lambda: [0.1, 0.9, 0.95, 0.97, 0.99, 0.995, 0.999])
-    act_gamma: float = 0.999  # the discount factor whose actor acts (one of gammas)
+    """The discount factors every head computes at once, each in ``[0, 1)``."""
+    act_gamma: float = 0.999
+    """The discount factor whose actor acts (one of ``gammas``)."""
     num_critics: int = 4
-    tau: float = 0.003  # Polyak step of the target actor and critics
+    """Critics in the ensemble (>= 2: TD targets take the min of 2 drawn at random)."""
+    tau: float = 0.003
+    """Polyak step of the target actor and critics, in ``(0, 1]``."""
     critic_coef: float = 10.0
-    bc_coef: float = 0.1  # advantage-filtered behaviour cloning
-    reward_scale: float = 1.0  # rewards are multiplied by this in the TD targets (100 on Dark-Key-To-Door)
+    """Weight of the critic loss in ``actor + critic_coef * critic``."""
+    bc_coef: float = 0.1
+    """Weight of the advantage-filtered behaviour cloning in the actor loss."""
+    reward_scale: float = 1.0
+    """Rewards are multiplied by this in the TD targets (> 0; 100 on Dark-Key-To-Door)."""
     head_hidden: int = 256
+    """Hidden width of the actor and critic heads."""
     head_layers: int = 2
+    """Hidden layers of the actor and critic heads (>= 0)."""
     popart_beta: float = 5e-4
+    """Weight of each update's TD targets in PopArt's running statistics, in ``(0, 1]``."""
     popart_init_std: float = 1.0
+    """PopArt's initial standard deviation (> 0)."""
     lr: float = 3e-4
+    """Adam learning rate."""
     adam_eps: float = 1e-8
-    warmup_steps: int = 0  # gradient steps of linear LR warm-up
+    """Adam epsilon."""
+    warmup_steps: int = 0
+    """Gradient steps of linear learning-rate warm-up (0: none)."""
     max_grad_norm: float = 1.0
-    eps_anneal_steps: int = 500_000  # env steps (all ranks) over which exploration anneals
-    # epsilon at the trial's first / last step: [at the start of training, after eps_anneal_steps]
+    """Gradients are clipped to this norm."""
+    eps_anneal_steps: int = 500_000
+    """Env steps (all ranks) over which exploration anneals from the first to the second rates."""
     eps_first: List[float] = field(default_factory=lambda: [1.0, 0.05])
+    """Epsilon at a trial's first step: ``[at the start of training, after eps_anneal_steps]``."""
     eps_last: List[float] = field(default_factory=lambda: [0.8, 0.01])
-    num_trials: int = 100  # trials per rank
-    refresh: bool = True  # add CacheRefresh (re-encode after each update round); false warns: stale cache
+    """Epsilon at a trial's last step: ``[at the start of training, after eps_anneal_steps]``."""
+    num_trials: int = 100
+    """Trials per rank (one Lightning epoch each)."""
+    refresh: bool = True
+    """Add :class:`CacheRefresh` (re-encode the trial after each update round); false warns: a stale cache."""
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming ``amago.<key>`` for a setting that cannot work."""
@@ -137,14 +165,11 @@ class MemoAmago(TrialModule):
     """
 
     state_key = "memo_amago"
+    config_section = "amago"  # the run config's section of this algorithm (named in warnings)
 
     def __init__(self, policy: MemoPolicy, env: EnvSource, cfg: AmagoConfig, seed: int = 0) -> None:
         cfg.validate()
-        amago_policy = AmagoPolicy(
-            policy, cfg.gammas, cfg.act_gamma, num_critics=cfg.num_critics, hidden=cfg.head_hidden,
-            layers=cfg.head_layers, popart_beta=cfg.popart_beta, popart_init_std=cfg.popart_init_std,
-        )
-        super().__init__(amago_policy, env, cfg.trial_len, cfg.num_trials, seed)
+        super().__init__(amago_policy(policy, cfg), env, cfg.trial_len, cfg.num_trials, seed)
         self.automatic_optimization = False
         self.cfg = cfg
         self.replay: TrialReplay | None = None  # built per rank in setup
@@ -164,6 +189,12 @@ class MemoAmago(TrialModule):
 
     def check_env(self, env: EnvBase) -> None:
         obs_keys = set(env.full_observation_spec.keys(True, True))
+        if "active" in obs_keys:
+            raise ValueError(
+                "MemoAmago replays trials of trial_len steps on every row; this env's trials are episodic (rows "
+                "end at different steps: an 'active' flag). Use env.kwargs.mode=meta (restarted episodes fill "
+                "the trial) or algo=ppo."
+            )
         missing = [k for k in (*self.policy.observation_keys, IS_INIT_KEY, EPISODE_START_KEY) if k not in obs_keys]
         if missing:
             raise ValueError(
@@ -315,6 +346,15 @@ class MemoAmago(TrialModule):
                 f"empty replay (updates wait for amago.learning_starts={self.cfg.learning_starts} trials); the run "
                 "no longer matches an uninterrupted one."
             )
+
+
+def amago_policy(policy: MemoPolicy, cfg: AmagoConfig) -> AmagoPolicy:
+    """``policy``'s encoder and memory with the off-policy heads ``cfg`` describes (what :class:`MemoAmago`
+    trains, and what its checkpoints' ``policy.*`` weights load into)."""
+    return AmagoPolicy(
+        policy, cfg.gammas, cfg.act_gamma, num_critics=cfg.num_critics, hidden=cfg.head_hidden,
+        layers=cfg.head_layers, popart_beta=cfg.popart_beta, popart_init_std=cfg.popart_init_std,
+    )
 
 
 def terminal_key(td: TensorDictBase) -> tuple[str, str]:

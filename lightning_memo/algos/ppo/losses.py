@@ -9,6 +9,8 @@ import torch
 from torch import Tensor
 from torchrl.objectives.value.functional import generalized_advantage_estimate
 
+from lightning_memo.algos.losses import masked_mean
+
 
 def trial_gae(
     rewards: Tensor,
@@ -41,12 +43,6 @@ def trial_gae(
         time_dim=-2,
     )
     return adv.squeeze(-1), ret.squeeze(-1)
-
-
-def masked_mean(x: Tensor, mask: Tensor) -> Tensor:
-    """Mean of ``x`` over the entries where ``mask`` (same shape, bool) is true."""
-    mask = mask.to(x.dtype)
-    return (x * mask).sum() / mask.sum().clamp(min=1.0)
 
 
 def clipped_policy_loss(

@@ -35,7 +35,6 @@ from typing import Optional
 import torch
 from torch.distributions import Categorical
 from torchrl.envs import EnvBase
-from torchrl.envs.utils import step_mdp
 
 from lightning_memo.algos.base import EnvSource, TrialModule, require
 from lightning_memo.algos.ppo.losses import clipped_policy_loss, explained_variance, masked_mean, trial_gae, value_loss
@@ -48,31 +47,60 @@ from lightning_memo.rollout import env_attribute
 class PPOConfig:
     """PPO with partial updates. Defaults follow the reference recipe."""
 
-    trial_len: int = 4096  # T: steps per trial (must match the env)
-    update_every: int = 256  # U: steps between partial updates; must divide trial_len
+    trial_len: int = 4096
+    """T: steps per trial (must match the env's ``trial_len``); an integer >= 1."""
+    update_every: int = 256
+    """U: steps between partial updates; must divide ``trial_len``."""
     epochs: int = 4
-    num_minibatches: int = 1  # env sequences are split into this many minibatches per epoch
-    grad_accumulation: int = 1  # minibatches per optimiser step; must divide num_minibatches
+    """Passes over the trial prefix per update; >= 1."""
+    num_minibatches: int = 1
+    """The env sequences are split into this many minibatches per epoch (at most the number of envs)."""
+    grad_accumulation: int = 1
+    """Minibatches per optimiser step; must divide ``num_minibatches``."""
     gamma: float = 0.99
+    """Discount, in [0, 1]."""
     lmbda: float = 0.95
-    cut_episodes: bool = True  # GAE cut at inner-episode ends (False: bootstrap across, RL^2-style)
+    """GAE lambda, in [0, 1]."""
+    cut_episodes: bool = True
+    """Cut GAE at inner-episode ends (false: bootstrap across them, RL^2-style; an episodic row's end is
+    terminal either way)."""
     normalize_advantages: bool = False
-    value_norm: bool = True  # PopArt: the critic learns normalised targets (raw rewards of any scale)
-    value_norm_beta: float = 0.02  # weight of each update's targets in the running statistics
-    reward_scale: float = 1.0  # rewards are multiplied by this in the update (returns are logged unscaled)
+    """Normalise advantages over the update's loss mask."""
+    value_norm: bool = True
+    """PopArt: the critic learns normalised targets, so raw rewards of any scale work."""
+    value_norm_beta: float = 0.02
+    """Weight of each update's targets in PopArt's running statistics, in (0, 1]."""
+    reward_scale: float = 1.0
+    """Rewards are multiplied by this in the update (returns are logged unscaled); > 0."""
     clip_eps: float = 0.2
+    """PPO's ratio clip; > 0."""
     value_coef: float = 0.5
-    value_clip: Optional[float] = None  # clipped-value loss when set (e.g. 0.2; in normalised units with value_norm)
+    """Weight of the value loss; >= 0."""
+    value_clip: Optional[float] = None
+    """Clipped-value loss when set (e.g. 0.2; in normalised units with ``value_norm``); > 0 or null."""
     entropy_coef: float = 0.01
+    """Weight of the entropy bonus; >= 0."""
     max_grad_norm: float = 0.2
+    """Gradient-norm clip; > 0."""
     lr: float = 4e-4
+    """Adam's peak learning rate; > 0."""
     adam_eps: float = 1e-5
-    warmup_steps: int = 100  # optimiser steps of linear warm-up
-    min_lr_ratio: float = 0.0  # cosine decays to lr * min_lr_ratio
-    num_trials: int = 100  # trials per rank; the LR schedule spans them
-    refresh: bool = True  # add CacheRefresh (re-encode after each partial update); false warns: stale cache
-    refresh_log_probs: bool = False  # also overwrite stored behaviour log-probs at refresh
-    shuffle_episodes: bool = False  # shuffle completed inner episodes before the refresh (ReLIC option)
+    """Adam's epsilon; > 0."""
+    warmup_steps: int = 100
+    """Optimiser steps of linear LR warm-up; >= 0."""
+    min_lr_ratio: float = 0.0
+    """The cosine decays the LR to ``lr * min_lr_ratio`` (1.0: constant after warm-up); in [0, 1]."""
+    num_trials: int = 100
+    """Trials per rank; the LR schedule spans them unless ``lr_env_steps`` is set."""
+    lr_env_steps: Optional[int] = None
+    """When set, the LR's cosine spans this many env steps (all ranks) instead of ``num_trials``: the
+    budget of runs whose trials vary in length (episodic tasks); an integer >= 1 or null."""
+    refresh: bool = True
+    """Add ``CacheRefresh`` (re-encode the trial after each partial update); false warns: stale cache."""
+    refresh_log_probs: bool = False
+    """Also overwrite the stored behaviour log-probs at a refresh."""
+    shuffle_episodes: bool = False
+    """Shuffle the completed inner episodes before a refresh (ReLIC's option)."""
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming ``ppo.<key>`` for a setting that cannot work."""
@@ -80,6 +108,11 @@ class PPOConfig:
             v = getattr(self, key)
             require(isinstance(v, int) and not isinstance(v, bool) and v >= 1, f"ppo.{key}: must be an integer >= 1, got {v!r}.")
         require(self.warmup_steps >= 0, f"ppo.warmup_steps: must be >= 0, got {self.warmup_steps}.")
+        require(
+            self.lr_env_steps is None
+            or (isinstance(self.lr_env_steps, int) and not isinstance(self.lr_env_steps, bool) and self.lr_env_steps >= 1),
+            f"ppo.lr_env_steps: must be an integer >= 1 or null (the schedule spans num_trials), got {self.lr_env_steps!r}.",
+        )
         divisor = max(d for d in range(1, min(self.trial_len, self.update_every) + 1) if self.trial_len % d == 0)
         require(
             self.trial_len % self.update_every == 0,
@@ -144,18 +177,30 @@ class MemoPPO(TrialModule):
     def configure_optimizers(self):
         cfg = self.cfg
         opt = torch.optim.Adam(self.policy.parameters(), lr=cfg.lr, eps=cfg.adam_eps)
-        total = cfg.num_trials * cfg.optimizer_steps_per_trial
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_cosine(s, cfg.warmup_steps, total, cfg.min_lr_ratio))
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, self.lr_multiplier)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    def lr_multiplier(self, step: int) -> float:
+        """Warm-up over optimiser steps, then cosine decay over ``num_trials`` trials or, when
+        ``lr_env_steps`` is set, over env steps (episodic trials vary in length, so their budget is
+        env steps)."""
+        cfg = self.cfg
+        if cfg.lr_env_steps is None:
+            total = cfg.num_trials * cfg.optimizer_steps_per_trial
+            return warmup_cosine(step, cfg.warmup_steps, total, cfg.min_lr_ratio)
+        if step < cfg.warmup_steps:
+            return (step + 1) / cfg.warmup_steps
+        progress = min(1.0, self.env_steps / cfg.lr_env_steps)
+        return cfg.min_lr_ratio + (1.0 - cfg.min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
     # ------------------------------------------------------------- one trial
     def training_step(self, batch: int, batch_idx: int) -> None:
         U, T = self.cfg.update_every, self.cfg.trial_len
         self.start_trial()
         for t in range(U, T + 1, U):
-            window_start = self.collector.t  # an episodic trial may have ended early on this rank
-            self.collect(U)
-            last = t == T or self.all_episodes_ended()
+            window_start = self.collector.t
+            self.collect(U)  # fewer steps (none) where this rank's episodic trial has ended
+            last = t == T or self.trial_over()
             stats = self.update(window_start=0 if last else window_start, bootstrap=not last)
             if last:
                 break
@@ -163,40 +208,6 @@ class MemoPPO(TrialModule):
         self.end_trial()
         self.log_dict({f"train/{k}": v for k, v in stats.items()}, on_step=True, sync_dist=True)
         self.log("env_steps", float(self.env_steps), on_step=True)
-
-    def collect(self, steps: int):
-        """As :meth:`TrialModule.collect`, for episodic trials too (envs with an ``active`` flag): a trial
-        whose rows have all ended stops there, and steps of rows that have ended are not env steps."""
-        collector = self.collector
-        if "active" not in collector.pending.keys():
-            return super().collect(steps)
-        start = collector.t
-        if not self.rows_active():  # this rank's trial is over; other ranks' may not be
-            window = collector.history[:, start:]
-        else:
-            window = super().collect(steps)
-            self.env_steps -= collector.num_envs * steps * self.trainer.world_size  # recounted below
-            ended = flag(window, ("next", "done")).all(0).nonzero()
-            if len(ended) and int(ended[0]) < steps - 1:
-                # TorchRL's rollout reset the env after the trial's end: drop the steps of the next trial
-                keep = int(ended[0]) + 1
-                window = window[:, :keep]
-                collector.t, collector.pending = start + keep, step_mdp(window[:, -1], exclude_action=True)
-        stepped = flag(window, "active").sum().to(self.device, torch.float32)
-        self.env_steps += int(self.trainer.strategy.reduce(stepped, reduce_op="sum"))
-        return window
-
-    def rows_active(self) -> bool:
-        """Whether some row of this rank's trial is still running (always, for envs without ``active``)."""
-        active = flag(self.collector.pending, "active")
-        return active is None or bool(active.any())
-
-    def all_episodes_ended(self) -> bool:
-        """Whether every row of an episodic trial has ended, on every rank (the rest would be idle)."""
-        if flag(self.collector.pending, "active") is None:
-            return False
-        ended = torch.tensor(float(not self.rows_active()), device=self.device)
-        return bool(self.trainer.strategy.reduce(ended, reduce_op="mean") == 1.0)
 
     def update(self, window_start: int, bootstrap: bool = True) -> dict[str, float]:
         """One PPO update on the prefix ``[0, t)``, loss on ``[window_start, t)``; returns mean stats."""
@@ -302,24 +313,33 @@ def _no_backward_sync(strategy):
 def check_env_policy(env: EnvBase, policy: MemoPolicy, cfg: PPOConfig) -> None:
     """Fail before training when the env and the policy/config do not fit together, naming the problem."""
     if len(env.batch_size) != 1:
-        raise ValueError(f"the env must be batched with batch_size [N]; got {list(env.batch_size)}.")
+        raise ValueError(
+            f"the env must be batched with batch_size [N]; got {list(env.batch_size)}. Build N rows in one env "
+            "(e.g. make_popgym_env(name, num_envs=N), not a SerialEnv of one-row trial envs), or pass a "
+            "SerialEnv/ParallelEnv of plain envs through lightning_memo.envs.GymTrialEnv."
+        )
+    obs_keys = set(env.full_observation_spec.keys(True, True))
+    missing = [k for k in ("episode_start", "episode_end") if k not in obs_keys]
+    if missing:
+        raise ValueError(
+            f"the env has no {' or '.join(map(repr, missing))} flag: it is not a trial env. Turn a gymnasium or "
+            "TorchRL env (GymEnv, SerialEnv, ParallelEnv, ...) into one with "
+            "make_trial_env(lightning_memo.envs.GymTrialEnv(env, trial_len=...)), or emit the flags of "
+            "docs/envs.md's batched contract from your env."
+        )
+    if "is_init" not in obs_keys:
+        raise ValueError(
+            "the env has no 'is_init' entry; wrap it with lightning_memo.envs.transforms.make_trial_env "
+            "(InitTracker + trial features)."
+        )
     if env.batch_size[0] < cfg.num_minibatches:
         raise ValueError(
             f"ppo.num_minibatches={cfg.num_minibatches} exceeds the env's {env.batch_size[0]} envs (minibatches are "
             "whole env sequences); lower ppo.num_minibatches or use more envs."
         )
-    obs_keys = set(env.full_observation_spec.keys(True, True))
     missing = [k for k in policy.observation_keys if k not in obs_keys]
     if missing:
         raise ValueError(f"the policy reads observation keys {missing} the env does not produce ({sorted(map(str, obs_keys))}).")
-    for key in ("is_init", "episode_start"):
-        if key not in obs_keys:
-            raise ValueError(
-                f"the env has no {key!r} entry; wrap it with lightning_memo.envs.transforms.make_trial_env "
-                "(InitTracker + trial features)."
-            )
-    if "episode_end" not in obs_keys:
-        raise ValueError("the env has no 'episode_end' flag; MemoPPO cuts GAE at inner episodes and needs it.")
     n = discrete_action_count(env)
     if n != policy.num_actions:
         raise ValueError(f"the env has {n} actions but the policy's actor head has {policy.num_actions}.")
