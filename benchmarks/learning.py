@@ -105,11 +105,27 @@ def binned(trials: list[tuple[float, float]], steps: int) -> list[float | None]:
     return [sums[b] / counts[b] if counts[b] else None for b in range(BINS)]
 
 
-def summarise(task: str, memories: list[str], seeds: list[int], steps: int, runs: Path, out: Path) -> list[dict]:
+def read_imported(path: Path | None) -> dict[str, dict[int, list[tuple[float, float]]]]:
+    """Per-trial rows (columns ``memory, seed, env_steps, return``) of runs trained by another script:
+    ``{memory: {seed: [(env_steps, return), ...]}}`` (empty without a path)."""
+    runs: dict[str, dict[int, list[tuple[float, float]]]] = {}
+    if path is not None:
+        for r in csv.DictReader(open(path)):
+            runs.setdefault(r["memory"], {}).setdefault(int(r["seed"]), []).append((float(r["env_steps"]), float(r["return"])))
+    return runs
+
+
+def summarise(task: str, memories: list[str], seeds: list[int], steps: int, runs: Path, out: Path,
+              imported: Path | None = None) -> list[dict]:
     """Write curves.csv, summary.csv and curves.png under ``out/task``; return the summary rows."""
     curves, summary = [], []
+    extra = read_imported(imported)
+    memories = [*memories, *(f"{m} (imported)" for m in extra)]
     for memory in memories:
-        trials = {seed: read_trials(run_dir(runs, task, memory, seed) / "metrics.csv") for seed in seeds}
+        if memory.endswith(" (imported)"):
+            trials = extra[memory.removesuffix(" (imported)")]
+        else:
+            trials = {seed: read_trials(run_dir(runs, task, memory, seed) / "metrics.csv") for seed in seeds}
         finals = [statistics.mean(r for s, r in t if s > (1 - LAST) * steps) for t in trials.values()
                   if any(s > (1 - LAST) * steps for s, _ in t)]
         summary.append({
@@ -167,6 +183,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "learning", help="CSV and PNG")
     parser.add_argument("--runs", type=Path, default=ROOT / "runs" / "learning", help="run directories and logs")
     parser.add_argument("--summary-only", action="store_true", help="write the plot and table from existing runs")
+    parser.add_argument("--import-runs", type=Path, help="CSV of per-trial rows (memory, seed, env_steps, return) "
+                        "of runs trained by another script, tabled and plotted as '<memory> (imported)'")
     parser.add_argument("overrides", nargs="*", help="extra key=value config overrides (after --)")
     args = parser.parse_args()
     spec = TASKS[args.task]
@@ -179,11 +197,11 @@ def main() -> None:
             futures = [pool.submit(launch, args.task, m, s, args.steps, args.runs, args.overrides) for m, s in jobs]
             for future in futures:
                 print(future.result(), flush=True)
-    summary = summarise(args.task, args.memories, args.seeds, args.steps, args.runs, args.out)
+    summary = summarise(args.task, args.memories, args.seeds, args.steps, args.runs, args.out, args.import_runs)
     print(f"\n{args.task}: mean trial return over the last {LAST:.0%} of {args.steps} env steps")
-    print(f"{'memory':<8} {'seeds':>5} {'mean':>8} {'std':>7} {'min':>8} {'max':>8}")
+    print(f"{'memory':<16} {'seeds':>5} {'mean':>8} {'std':>7} {'min':>8} {'max':>8}")
     for r in summary:
-        print(f"{r['memory']:<8} {r['seeds']:>5} {r['last20_mean']:>8.3f} {r['last20_std']:>7.3f} "
+        print(f"{r['memory']:<16} {r['seeds']:>5} {r['last20_mean']:>8.3f} {r['last20_std']:>7.3f} "
               f"{r['last20_min']:>8.3f} {r['last20_max']:>8.3f}")
 
 
