@@ -4,6 +4,11 @@
     python benchmarks/bench_training.py --memories memo gru --trials 3 --num-envs 16
     python benchmarks/bench_training.py --learning 400      # + the learning curves (Memo vs. memoryless)
     python benchmarks/bench_training.py --d-model 256 --layers 4 --heads 8   # the paper's model size
+    python benchmarks/bench_training.py --prefix-gradients true   # only the default (gradients through the prefix)
+
+Each memory runs with ``ppo.prefix_gradients`` true (the default: every forward re-encodes the prefix with
+gradients) and false (the prefix encoded once per update, the forwards over the window only), one after the
+other, and the table gives the env steps/s ratio false/true (``--prefix-gradients true|false`` runs one).
 
 Every memory runs at the same width (``--d-model``; ``--layers``/``--heads`` override the config's
 depth and heads) and the same PPO settings, one after another in this process; the first trial of each
@@ -89,13 +94,14 @@ def matmul_rate(repeats: int = 5) -> float:
     return 2 * 1024**3 / best
 
 
-def bench(memory: str, args: argparse.Namespace, log_dir: str) -> dict:
+def bench(memory: str, prefix_gradients: bool, args: argparse.Namespace, log_dir: str) -> dict:
     overrides = [
         f"memory={memory}", f"policy.d_model={args.d_model}", f"env.num_envs={args.num_envs}",
         "env.kwargs.size=9", "env.kwargs.episode_len=50", "env.trial_len=500", f"ppo.update_every={args.update_every}",
-        f"ppo.num_trials={args.trials + 1}", f"memories.memo.segment_len={args.segment_len}",
-        f"memories.memo.summary_len={args.summary_len}", f"trainer.log_dir={log_dir}", "trainer.enable_progress_bar=false",
-        "trainer.checkpoint_every=0", "trainer.loggers=[]", f"trainer.run_name={memory}",
+        f"ppo.num_trials={args.trials + 1}", f"ppo.prefix_gradients={str(prefix_gradients).lower()}",
+        f"memories.memo.segment_len={args.segment_len}", f"memories.memo.summary_len={args.summary_len}",
+        f"trainer.log_dir={log_dir}", "trainer.enable_progress_bar=false", "trainer.checkpoint_every=0",
+        "trainer.loggers=[]", f"trainer.run_name={memory}-prefix-gradients-{str(prefix_gradients).lower()}",
     ]
     if memory != "none" and args.layers is not None:
         overrides.append(f"memories.{memory}.n_layers={args.layers}")
@@ -113,6 +119,7 @@ def bench(memory: str, args: argparse.Namespace, log_dir: str) -> dict:
         "gflops_per_s": timer.flops / (sum(timed) / len(timed)) / 1e9,
         "matmul_gflops_per_s": rate / 1e9,
         "memory": memory,
+        "prefix_gradients": prefix_gradients,
         "params": sum(p.numel() for p in policy.parameters()),
         "steps_per_s": steps * len(timed) / sum(timed),
         "s_per_trial": sum(timed) / len(timed),
@@ -148,21 +155,26 @@ def main() -> None:
     parser.add_argument("--segment-len", type=int, default=50)
     parser.add_argument("--summary-len", type=int, default=8)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--prefix-gradients", choices=("true", "false", "both"), default="both",
+                        help="ppo.prefix_gradients of the runs (both: each memory with true, then false)")
     parser.add_argument("--learning", type=int, default=0, help="also run the learning curves for this many trials")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    settings = {"true": [True], "false": [False], "both": [True, False]}[args.prefix_gradients]
     with tempfile.TemporaryDirectory() as log_dir:
-        rows = [bench(m, args, log_dir) for m in args.memories]
+        rows = [bench(m, pg, args, log_dir) for m in args.memories for pg in settings]
         print(f"\nFull PPO loop on Dark-Key-To-Door 9x9/50/500, {args.num_envs} envs, d_model={args.d_model}, "
               f"layers={args.layers or 'config'}, heads={args.heads or 'config'}, U={args.update_every}, "
               f"torch threads={torch.get_num_threads()}, {torch.__version__}, CPU")
-        print("| memory | params | env steps/s | s/trial | cache KiB/env at trial end | GFLOP/s | matmul GFLOP/s "
-              "| of FLOP bound |")
-        print("|---|---|---|---|---|---|---|---|")
+        print("| memory | prefix_gradients | params | env steps/s | vs. true | s/trial | cache KiB/env at trial end "
+              "| GFLOP/s | matmul GFLOP/s | of FLOP bound |")
+        print("|---|---|---|---|---|---|---|---|---|---|")
+        baseline = {r["memory"]: r["steps_per_s"] for r in rows if r["prefix_gradients"]}
         for r in rows:
-            print(f"| {r['memory']} | {r['params']:,} | {r['steps_per_s']:.0f} | {r['s_per_trial']:.2f} | "
-                  f"{r['cache_kib']:.1f} | {r['gflops_per_s']:.2f} | {r['matmul_gflops_per_s']:.1f} | "
-                  f"{r['gflops_per_s'] / r['matmul_gflops_per_s']:.1%} |")
+            ratio = f"{r['steps_per_s'] / baseline[r['memory']]:.2f}x" if r["memory"] in baseline else "-"
+            print(f"| {r['memory']} | {str(r['prefix_gradients']).lower()} | {r['params']:,} | {r['steps_per_s']:.0f} | "
+                  f"{ratio} | {r['s_per_trial']:.2f} | {r['cache_kib']:.1f} | {r['gflops_per_s']:.2f} | "
+                  f"{r['matmul_gflops_per_s']:.1f} | {r['gflops_per_s'] / r['matmul_gflops_per_s']:.1%} |")
         if args.learning:
             learning_curves(args.learning, log_dir)
 

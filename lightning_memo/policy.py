@@ -5,7 +5,8 @@ Shapes: ``N`` environments, ``T``/``t`` steps, ``D`` the memory width, ``A`` dis
 The policy calls its memory through the tensor API only:
 
 * acting: :meth:`MemoPolicy.act` on a ``[N]`` tensordict -> ``memory.step`` against the cache;
-* updating: :meth:`MemoPolicy.evaluate` on a ``[N, t]`` trial prefix -> ``memory.forward_sequence``;
+* updating: :meth:`MemoPolicy.evaluate` on a ``[N, t]`` trial prefix -> ``memory.forward_sequence``
+  (or on the steps after a prefix that :meth:`MemoPolicy.encode_prefix` cached, ``past=...``);
 * after an update: :meth:`MemoPolicy.refresh` on the stored prefix -> ``memory.refresh``, one pass that
   rebuilds the cache under the new weights and gives the fresh values/logits.
 
@@ -26,7 +27,7 @@ from tensordict.nn import TensorDictModule, TensorDictModuleBase, TensorDictSequ
 from torch import Tensor, nn
 from torch.distributions import Categorical
 
-from lightning_memo.nn.base import SequenceMemory
+from lightning_memo.nn.base import Cache, SequenceMemory
 
 ACTION_KEY = "action"
 LOG_PROB_KEY = "action_log_prob"  # TorchRL's default sample_log_prob key (ClipPPOLoss, GAE)
@@ -294,16 +295,29 @@ class MemoPolicy(nn.Module):
             )
             return self.heads(h)[1].float()
 
-    def evaluate(self, td: TensorDictBase, segment_len: int | None = None) -> tuple[Tensor, Tensor]:
+    def evaluate(
+        self, td: TensorDictBase, segment_len: int | None = None, past: Cache | None = None
+    ) -> tuple[Tensor, Tensor]:
         """Sequence mode over a trial prefix ``td [N, t]`` -> (logits ``[N, t, A]``, values ``[N, t]``).
 
         In training mode the memory draws its own (randomised) segment length unless one is given.
+        With ``past`` (from :meth:`encode_prefix`), ``td [N, n]`` holds the steps right after that
+        prefix, which they attend to without re-encoding it (no gradient reaches it).
         """
         td = self._inputs(td)
         h = self.memory.forward_sequence(
-            self.embed(td), flag(td, IS_INIT_KEY), segment_len=segment_len, episode_start=flag(td, EPISODE_START_KEY)
+            self.embed(td), flag(td, IS_INIT_KEY), segment_len=segment_len, episode_start=flag(td, EPISODE_START_KEY),
+            past=past,
         )
         return self.heads(h)
+
+    @torch.no_grad()
+    def encode_prefix(self, td: TensorDictBase) -> Cache:
+        """The memory's cache after the prefix ``td [N, t]`` under the current weights, for
+        ``evaluate(..., past=...)``; one eval-mode pass without gradients (the acting cache is untouched)."""
+        td = self._inputs(td)
+        with evaluating(self):
+            return self.memory.encode_prefix(self.embed(td), flag(td, IS_INIT_KEY), flag(td, EPISODE_START_KEY))
 
     @torch.no_grad()
     def refresh(self, td: TensorDictBase) -> tuple[Tensor, Tensor]:

@@ -194,12 +194,12 @@ def train_and_evaluate(spec: RunSpec, size: Size, runs_root: Path, evals: Sequen
 
 
 def row_key(task: str, variant: str, seed: Any, setting: str) -> tuple:
-    """What identifies a result row (seeds read back from the CSV are floats)."""
+    """What identifies a result row (a seed may read back as a float, e.g. ``0.0``)."""
     return task, variant, int(float(seed)), setting
 
 
 def read_rows(path: Path) -> list[dict]:
-    """The rows of a results CSV (numbers as floats), ``[]`` when it does not exist."""
+    """The rows of a results CSV (numbers as numbers), ``[]`` when it does not exist."""
     if not path.is_file():
         return []
     with open(path, newline="") as f:
@@ -207,10 +207,13 @@ def read_rows(path: Path) -> list[dict]:
 
 
 def _number(value: str) -> Any:
-    try:
-        return float(value)
-    except ValueError:
-        return value
+    """An int or float when ``value`` spells one (so a rewritten CSV keeps ``0``, not ``0.0``), else the string."""
+    for kind in (int, float):
+        try:
+            return kind(value)
+        except ValueError:
+            pass
+    return value
 
 
 def collect(

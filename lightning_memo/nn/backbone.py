@@ -149,11 +149,13 @@ def drop_front(k: Tensor, v: Tensor, count: Tensor, rebase: bool, rope_base: flo
 # ------------------------------------------------------------------------------------ the model
 @dataclass(frozen=True)
 class Band:
-    """Visibility among ``n`` new tokens without a prefix: causal, at most ``window - 1`` steps back
-    (``None``: no limit), after ``lead`` keys every query sees (e.g. a sink). Keys ``[lead | new]``."""
+    """Visibility of ``n`` new tokens: causal, at most ``window - 1`` steps back (``None``: no limit),
+    over ``past`` earlier tokens and the new ones, after ``lead`` keys every query sees (e.g. a sink).
+    Keys ``[lead | past | new]``."""
 
     window: int | None
     lead: int = 0
+    past: int = 0
 
 
 def attend(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | Band | None, chunk: int = 512) -> Tensor:
@@ -168,10 +170,10 @@ def attend(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | Band | None, chunk: i
         return F.scaled_dot_product_attention(q, k, v, is_causal=n > 1)
     if isinstance(mask, Tensor):
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-    lead, window = mask.lead, mask.window
+    lead, window, past = mask.lead, mask.window, mask.past
     outputs = []
-    for start in range(0, n, chunk):
-        stop = min(start + chunk, n)
+    for start in range(past, past + n, chunk):  # query i sits at key lead + i of [lead | past | new]
+        stop = min(start + chunk, past + n)
         first = 0 if window is None else max(0, start - window + 1)
         keys, values = k[:, :, lead + first : lead + stop], v[:, :, lead + first : lead + stop]
         if lead:
@@ -179,7 +181,7 @@ def attend(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | Band | None, chunk: i
         lag = torch.arange(start, stop, device=q.device)[:, None] - torch.arange(first, stop, device=q.device)
         visible = (lag >= 0) if window is None else (lag >= 0) & (lag < window)
         visible = F.pad(visible, (lead, 0), value=True)
-        outputs.append(F.scaled_dot_product_attention(q[:, :, start:stop], keys, values, attn_mask=visible))
+        outputs.append(F.scaled_dot_product_attention(q[:, :, start - past : stop - past], keys, values, attn_mask=visible))
     return torch.cat(outputs, dim=2)
 
 
@@ -284,7 +286,7 @@ class Transformer(nn.Module):
 # ------------------------------------------------------------------------ sequence-mode source
 class PrefixKV:
     """KV source for sequence mode: every new token sees the whole prefix plus earlier new tokens
-    (only the last ``window`` new tokens, itself included, when ``window`` is given; no prefix then).
+    (only the last ``window`` tokens of ``[prefix | new]``, itself included, when ``window`` is given).
 
     ``prefix`` is one ``(k, v)`` pair ``[B,H,P,Dh]`` per layer (``None`` entries or ``P == 0`` mean no
     prefix). The new tokens' keys/values are recorded in ``self.new`` (per layer) for the caller.
@@ -297,14 +299,15 @@ class PrefixKV:
 
     def __call__(self, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor, Tensor | Band | None]:
         self.new[layer] = (k, v)
-        if self.window is not None:
-            return k, v, Band(self.window)
         prefix = self.prefix[layer] if self.prefix is not None else None
         if prefix is None or prefix[0].shape[2] == 0:
-            return k, v, None
+            return k, v, None if self.window is None else Band(self.window)
         pk, pv = prefix
         n, P = k.shape[2], pk.shape[2]
-        mask = torch.ones(n, P + n, dtype=torch.bool, device=k.device).tril(diagonal=P)
+        if self.window is not None:
+            mask = Band(self.window, past=P)
+        else:
+            mask = torch.ones(n, P + n, dtype=torch.bool, device=k.device).tril(diagonal=P)
         return torch.cat((pk, k), dim=2), torch.cat((pv, v), dim=2), mask
 
 
@@ -372,6 +375,20 @@ class KVCache:
         copy.lengths, copy.offsets = self.lengths.clone(), self.offsets.clone()
         copy.counters = {name: c.clone() for name, c in self.counters.items()}
         return copy
+
+    def select(self, rows: Tensor) -> KVCache:
+        """A detached copy of the rows ``rows`` (long indices or a bool mask ``[B]``), in that order."""
+        lengths = self.lengths[rows]
+        copy = KVCache(self.n_layers, lengths.shape[0], self.n_heads, self.head_dim, lengths.device, (), self.bound)
+        copy.kv = None if self.kv is None else self.kv.detach()[:, :, rows]
+        copy.lengths, copy.offsets = lengths, self.offsets[rows]
+        copy.counters = {name: c[rows] for name, c in self.counters.items()}
+        return copy
+
+    def held(self, layer: int, start: int, stop: int) -> tuple[Tensor, Tensor]:
+        """Keys and values ``[B,H,stop-start,Dh]`` of slots ``start .. stop-1`` of every row (detached)."""
+        kv = self.kv.detach()[layer, :, :, :, start:stop]
+        return kv[0], kv[1]
 
     def reserve(self, needed: int, like: Tensor) -> None:
         """Make room for ``needed`` slots per row (the bound at once if there is one, else +10% or more)."""

@@ -8,6 +8,10 @@ Shapes: ``B`` batch rows (environments), ``T`` steps, ``D`` model width (``d_mod
 * ``refresh(history[B,t,D], is_init[B,t]) -> [B,t,D]`` -- rebuild the module's cache from a trial
   prefix under the current weights (so stepping on continues exactly as sequence mode would) and
   return the outputs of that pass.
+* ``encode_prefix(history[B,t,D], is_init[B,t]) -> Cache`` -- the same pass into a new cache (the
+  module's own is untouched); ``forward_sequence(x[B,n,D], past=cache)`` then runs sequence mode over
+  the ``n`` steps right after that prefix, attending to it without re-encoding it (and without
+  gradients into it): PPO's ``ppo.prefix_gradients=false``.
 
 ``is_init`` marks trial starts (memory is emptied there). ``episode_start`` marks inner-episode
 starts; a memory built with ``inter_episode_attention=False`` (the no-IEA ablation) also resets there.
@@ -15,7 +19,8 @@ starts; a memory built with ``inter_episode_attention=False`` (the no-IEA ablati
 A memory subclass sets ``config_cls`` (a dataclass with ``validate()``, ``d_model`` and
 ``inter_episode_attention``), builds its layers in ``_build(config)`` and implements
 ``_sequence``/``_step``/``_refresh``/``new_cache`` on inputs where the resets are already resolved
-(one trial per row), so the packing of trials lives here once.
+(one trial per row), so the packing of trials lives here once; ``_sequence_from`` (sequence mode
+continuing a cache) is optional.
 """
 
 from __future__ import annotations
@@ -51,6 +56,9 @@ class Cache(Protocol):
     def clone(self) -> Cache:
         """A detached copy."""
 
+    def select(self, rows: Tensor) -> Cache:
+        """A detached copy of the rows ``rows`` (long indices or a bool mask ``[B]``), in that order."""
+
 
 class StateCache:
     """A fixed-size per-row state: tensors ``[n, B, D]`` (GRU ``h``; LSTM ``h, c``; none for no memory)."""
@@ -79,6 +87,11 @@ class StateCache:
         """A detached copy."""
         return StateCache(self.batch_size, tuple(s.detach().clone() for s in self.states))
 
+    def select(self, rows: Tensor) -> StateCache:
+        """A detached copy of the rows ``rows`` (long indices or a bool mask ``[B]``), in that order."""
+        states = tuple(s.detach()[:, rows] for s in self.states)
+        return StateCache(int(rows.sum()) if rows.dtype == torch.bool else rows.numel(), states)
+
 
 def config_from_kwargs(config_cls: type, config: Any, kwargs: dict, memory_name: str) -> Any:
     """Build ``config_cls`` from a config object or keyword arguments, naming unknown keys."""
@@ -94,6 +107,17 @@ def config_from_kwargs(config_cls: type, config: Any, kwargs: dict, memory_name:
         config = config_from_kwargs(config_cls, None, dict(config), memory_name)
     config.validate()
     return config
+
+
+def same_in_every_row(counts: Tensor, what: str) -> int:
+    """The one value of ``counts [B]`` (every row of a past must hold the same layout), as an int."""
+    low, high = torch.stack(torch.aminmax(counts)).tolist()
+    if low != high:
+        raise ValueError(
+            f"forward_sequence(past=...) needs every row of past to hold the same number of {what} (rows of one "
+            f"trial history do); got {low} to {high}."
+        )
+    return low
 
 
 class SequenceMemory(TensorDictModuleBase):
@@ -136,14 +160,22 @@ class SequenceMemory(TensorDictModuleBase):
     # ----------------------------------------------------------------- tensor API
     def forward_sequence(
         self, x: Tensor, is_init: Tensor | None = None, segment_len: int | None = None,
-        episode_start: Tensor | None = None
+        episode_start: Tensor | None = None, past: Cache | None = None
     ) -> Tensor:
-        """Sequence mode. ``x [B,T,D]``, ``is_init/episode_start [B,T] bool`` -> ``[B,T,D]``."""
+        """Sequence mode. ``x [B,T,D]``, ``is_init/episode_start [B,T] bool`` -> ``[B,T,D]``.
+
+        With ``past`` (a cache from :meth:`encode_prefix`), row ``b`` of ``x`` is the steps right after
+        the prefix encoded in row ``b`` of ``past``: they attend to it as stepping would, and no gradient
+        reaches it. No trial may start in ``x`` then (``is_init`` false everywhere), and the memory must
+        attend across inner episodes (see :meth:`past_support`).
+        """
         self._check_x(x, rank=3, name="x")
         if x.shape[0] == 0 or x.shape[1] == 0:
             raise ValueError(
                 f"x has shape {tuple(x.shape)}: sequence mode needs at least one row and one step (B, T >= 1)."
             )
+        if past is not None:
+            return self._continue(x, is_init, segment_len, episode_start, past)
         trials, episode_start, index = self._pack(x, is_init, episode_start)
         out = self._sequence(trials, segment_len=segment_len, episode_start=episode_start)
         return out if index is None else unpack_trials(out, index, x.shape[:2])
@@ -196,12 +228,30 @@ class SequenceMemory(TensorDictModuleBase):
 
         Runs in the eval semantics (fixed segment length, no layer drop), whatever the module mode.
         """
+        self._cache, out = self._encode_history(history, is_init, episode_start)
+        return out
+
+    @torch.no_grad()
+    def encode_prefix(
+        self, history: Tensor, is_init: Tensor | None = None, episode_start: Tensor | None = None
+    ) -> Cache:
+        """A new cache holding ``history [B,t,D]`` (a trial prefix) under the current weights, for
+        ``forward_sequence(x, past=...)`` or ``step(x, cache=...)``; the module's own cache is untouched.
+
+        The same pass as :meth:`refresh` (eval semantics: fixed segment length, no layer drop; no
+        gradients), without installing the result.
+        """
+        return self._encode_history(history, is_init, episode_start)[0]
+
+    def _encode_history(
+        self, history: Tensor, is_init: Tensor | None, episode_start: Tensor | None
+    ) -> tuple[Cache, Tensor]:
+        """The cache after ``history [B,t,D]`` and the outputs ``[B,t,D]`` of that (eval) pass."""
         self._check_x(history, rank=3, name="history")
         B, t = history.shape[:2]
         cache = self.new_cache(B)
         if t == 0:
-            self._cache = cache
-            return history.new_zeros(B, 0, self.d_model)
+            return cache, history.new_zeros(B, 0, self.d_model)
         trials, episode_start, index = self._pack(history, is_init, episode_start)
         if index is None:
             lengths = torch.full((B,), t, dtype=torch.long, device=history.device)
@@ -209,8 +259,43 @@ class SequenceMemory(TensorDictModuleBase):
         else:
             lengths, last = index.lengths, index.last
         out = self._refresh(trials, lengths, episode_start, last, cache)
-        self._cache = cache
-        return out if index is None else unpack_trials(out, index, history.shape[:2])
+        return cache, out if index is None else unpack_trials(out, index, history.shape[:2])
+
+    def past_support(self) -> str | None:
+        """Why sequence mode from a past (``forward_sequence(past=...)``) cannot run on this memory, as the
+        end of a sentence starting with that name ("... is not implemented for X"), or ``None`` when it can."""
+        if type(self)._sequence_from is SequenceMemory._sequence_from:
+            return f"is not implemented for {type(self).__name__} (it has no _sequence_from)"
+        if not self.inter_episode_attention:
+            return (
+                "supports memories with inter-episode attention only; this one resets at every inner-episode "
+                "start (inter_episode_attention=False, the no-IEA ablation)"
+            )
+        return None
+
+    def _continue(
+        self, x: Tensor, is_init: Tensor | None, segment_len: int | None, episode_start: Tensor | None, past: Cache
+    ) -> Tensor:
+        """``forward_sequence(x, ..., past=past)``: checks, then :meth:`_sequence_from`."""
+        if not self.inter_episode_attention:
+            raise ValueError(
+                f"forward_sequence(past=...) {self.past_support()}; encode the whole prefix instead "
+                "(forward_sequence without past; in PPO ppo.prefix_gradients=true)."
+            )
+        B, n = x.shape[:2]
+        if past.batch_size != B:
+            raise ValueError(
+                f"forward_sequence(past=...) got x with {B} rows but past holds {past.batch_size}; row b of x "
+                "continues row b of past (select the rows with past.select(rows))."
+            )
+        if is_init is not None and bool(self._check_flags(is_init, (B, n), "is_init").any()):
+            raise ValueError(
+                "forward_sequence(past=...): is_init is true inside x, but a new trial cannot continue a past; "
+                "run that trial without past."
+            )
+        if episode_start is not None:
+            episode_start = self._check_flags(episode_start, (B, n), "episode_start")
+        return self._sequence_from(x, past, segment_len, episode_start)  # base: NotImplementedError
 
     # ------------------------------------------------------------------ cache API
     def reset_cache(self, batch_size: int) -> None:
@@ -255,6 +340,16 @@ class SequenceMemory(TensorDictModuleBase):
     def _sequence(self, x: Tensor, segment_len: int | None, episode_start: Tensor | None) -> Tensor:
         """Sequence mode on ``x [B,T,D]`` where every row is one trial starting at t=0."""
         raise NotImplementedError
+
+    def _sequence_from(
+        self, x: Tensor, past: Cache, segment_len: int | None, episode_start: Tensor | None
+    ) -> Tensor:
+        """Sequence mode on ``x [B,n,D]``, row ``b`` the steps right after those held in row ``b`` of
+        ``past`` (no trial starts in ``x``); no gradient may reach ``past``."""
+        raise NotImplementedError(
+            f"{type(self).__name__} cannot continue a past in sequence mode (forward_sequence(past=...)): it "
+            "does not implement _sequence_from."
+        )
 
     def _step(self, x: Tensor, cache: Cache, episode_start: Tensor | None) -> Tensor:
         """One step on ``x [B,D]`` against ``cache``; rows needing a reset were already reset."""

@@ -39,7 +39,7 @@ from lightning_memo.nn.backbone import (
     drop_front,
     positive,
 )
-from lightning_memo.nn.base import SequenceMemory
+from lightning_memo.nn.base import SequenceMemory, same_in_every_row
 
 POSITION_RECIPES = ("rope", "relic")
 POSITION_POLICIES = ("grow", "rebase")
@@ -101,21 +101,30 @@ class FCTConfig(TransformerConfig):
 
 
 def episode_positions(
-    episode_start: Tensor | None, shape: tuple[int, int], device: torch.device
+    episode_start: Tensor | None,
+    shape: tuple[int, int],
+    device: torch.device,
+    past: KVCache | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Step inside the inner episode and episode ordinal, both ``[B,T]`` long, for one trial per row.
 
-    ``episode_start [B,T]`` marks inner-episode starts; t=0 always starts episode 0.
+    ``episode_start [B,T]`` marks inner-episode starts; t=0 always starts episode 0, unless the rows
+    continue the steps held in ``past`` (then they go on from its ``episode_step``/``episode`` counters,
+    as stepping would).
     """
     B, T = shape
     t = torch.arange(T, device=device).expand(B, T)
+    zeros = torch.zeros(B, dtype=torch.long, device=device)
+    step0 = zeros if past is None else past.counters["episode_step"]
+    episode0 = zeros if past is None else past.counters["episode"]
+    fresh = torch.ones(B, dtype=torch.bool, device=device) if past is None else (past.lengths + past.offsets) == 0
     if episode_start is None:
-        return t.clone(), torch.zeros(B, T, dtype=torch.long, device=device)
+        return step0[:, None] + t, episode0[:, None].expand(B, T).clone()
     starts = episode_start.clone()
-    starts[:, 0] = False
-    ordinal = starts.long().cumsum(1)
-    last_start = torch.where(starts, t, torch.zeros_like(t)).cummax(1).values
-    return t - last_start, ordinal
+    starts[:, 0] &= ~fresh  # a trial's first step is step 0 of episode 0 whatever the flag
+    ordinal = episode0[:, None] + starts.long().cumsum(1)
+    last_start = torch.where(starts, t, torch.full_like(t, -1)).cummax(1).values
+    return torch.where(last_start >= 0, t - last_start, step0[:, None] + t), ordinal
 
 
 class SinkKV:
@@ -134,7 +143,7 @@ class SinkKV:
         if isinstance(mask, Tensor):
             mask = F.pad(mask, (1, 0), value=True)
         elif isinstance(mask, Band):
-            mask = Band(mask.window, mask.lead + 1)
+            mask = Band(mask.window, mask.lead + 1, mask.past)
         elif k.shape[2] > 1:  # causal among the new tokens (no prefix in sequence mode)
             mask = Band(None, lead=1)
         return keys, values, mask  # None stays None: one new token sees every key
@@ -188,6 +197,22 @@ class FullContextMemory(SequenceMemory):
         tokens, pos = self._inputs(x, torch.arange(T, device=x.device), episode_step, episode)
         record = PrefixKV(None, self.config.n_layers, self.config.window)
         return self.transformer(tokens, pos, self._source(record), skip), record, episode_step, episode
+
+    def _sequence_from(
+        self, x: Tensor, past: KVCache, segment_len: int | None, episode_start: Tensor | None
+    ) -> Tensor:
+        """Sequence mode over ``x [B,n,D]`` after the steps held in ``past``: the new steps attend to the
+        held keys/values (the last ``window - 1`` of them with a window) at positions that go on from
+        the held ones; step-in-episode and ordinal go on from the cache's counters (ReLIC)."""
+        self._no_segment_len(segment_len)
+        B, n, _ = x.shape
+        held = same_in_every_row(past.lengths, "steps")
+        start = past.lengths + past.offsets  # the position of each row's next step
+        episode_step, episode = episode_positions(episode_start, (B, n), x.device, past)
+        tokens, pos = self._inputs(x, start[:, None] + torch.arange(n, device=x.device), episode_step, episode)
+        prefix = [past.held(layer, 0, held) for layer in range(self.config.n_layers)] if held else None
+        record = PrefixKV(prefix, self.config.n_layers, self.config.window)
+        return self.transformer(tokens, pos, self._source(record), self.transformer.draw_layer_skips())
 
     # ---------------------------------------------------------------- step mode
     def _step(self, x: Tensor, cache: KVCache, episode_start: Tensor | None) -> Tensor:

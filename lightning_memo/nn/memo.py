@@ -11,10 +11,12 @@ prefix) and its K/V reused as the prefix of later chunks -- the same function an
 re-encoding ``[M | C_i | E]`` per window, with far fewer tokens through the layers.
 
 Step mode (acting) keeps, per row, ``[memory K/V | current segment K/V]`` in a
-:class:`~lightning_memo.nn.backbone.KVCache` (counter ``"memory"``: the memory tokens at the front);
-at a segment end the queries run, the segment is dropped and the summary is encoded as memory.
-``refresh`` runs the sequence-mode loop with the fixed ``segment_len`` and loads each row's memory and
-partial segment into the cache.
+:class:`~lightning_memo.nn.backbone.KVCache` (counters ``"memory"``: the memory tokens at the front,
+``"segments"``: segments summarised so far); at a segment end the queries run, the segment is dropped
+and the summary is encoded as memory. ``refresh`` runs the sequence-mode loop with the fixed
+``segment_len`` and loads each row's memory and partial segment into the cache. Sequence mode from
+such a cache (``forward_sequence(x, past=cache)``) starts the loop from its memory and partial
+segment: the first chunk completes that segment, the rest are chunked as usual.
 
 The segment recurrence here is shared with RMT (:mod:`lightning_memo.nn.rmt`), which only changes
 what a summary does to the memory. Options: ``tbptt_segments=k`` gives the AC (truncated-gradient)
@@ -40,7 +42,7 @@ from lightning_memo.nn.backbone import (
     drop_front,
     positive,
 )
-from lightning_memo.nn.base import SequenceMemory
+from lightning_memo.nn.base import SequenceMemory, same_in_every_row
 
 POSITION_POLICIES = ("rebase", "grow")
 
@@ -141,9 +143,30 @@ class MemoryKV:
             self.offset += count
 
 
+@dataclass
+class SegmentPast:
+    """Where a sequence-mode pass starts when it continues a cache: the memory, the K/V of the ``held``
+    tokens of the segment in progress (``None`` when none), and the segments summarised before."""
+
+    memory: MemoryKV
+    segment: LayerKV | None
+    held: int
+    segments: int
+
+
 # Called per chunk with (chunk index, memory before the chunk, the chunk's K/V per layer), and once
 # after the loop with (number of chunks, final memory, None).
 ChunkHook = Callable[[int, MemoryKV, Optional[LayerKV]], None]
+
+
+def _join(a: LayerKV | None, b: LayerKV | None) -> LayerKV | None:
+    """Per layer ``[a | b]`` along the tokens (either may be ``None``, or hold ``None`` layers)."""
+    if a is None or b is None:
+        return a if b is None else b
+    return [
+        x if y is None else y if x is None else (torch.cat((x[0], y[0]), 2), torch.cat((x[1], y[1]), 2))
+        for x, y in zip(a, b)
+    ]
 
 
 class MemoMemory(SequenceMemory):
@@ -161,8 +184,9 @@ class MemoMemory(SequenceMemory):
         self.summary_queries = nn.Parameter(torch.randn(cfg.summary_len, cfg.d_model) * cfg.summary_init_scale)
 
     def new_cache(self, batch_size: int) -> KVCache:
-        """An empty per-row KV cache of ``batch_size`` rows with a ``memory`` token counter per row."""
-        return self.transformer.new_cache(batch_size, counters=("memory",), bound=self._cache_bound())
+        """An empty per-row KV cache of ``batch_size`` rows with counters per row: ``memory`` (tokens at the
+        front of the row) and ``segments`` (summarised so far)."""
+        return self.transformer.new_cache(batch_size, counters=("memory", "segments"), bound=self._cache_bound())
 
     def _cache_bound(self) -> int | None:
         """Slots a row can need: the memory cap, a full segment and the queries (None: no cap)."""
@@ -188,36 +212,66 @@ class MemoMemory(SequenceMemory):
         return self._run_chunks(x, self.segment_len_for(segment_len), self.transformer.draw_layer_skips())
 
     def _run_chunks(
-        self, x: Tensor, L: int, skip: list[bool] | None, hook: ChunkHook | None = None, final_summary: bool = False
+        self,
+        x: Tensor,
+        L: int,
+        skip: list[bool] | None,
+        hook: ChunkHook | None = None,
+        final_summary: bool = False,
+        past: SegmentPast | None = None,
     ) -> Tensor:
-        """Chunk loop over ``x [B,T,D]`` (every row a trial from t=0); returns ``[B,T,D]``.
+        """Chunk loop over ``x [B,T,D]`` (every row a trial from t=0, or continuing ``past``); returns ``[B,T,D]``.
 
         ``hook`` sees each chunk's memory and K/V (refresh); ``final_summary`` also summarises a full
-        last chunk (so the memory after the whole input exists, again for refresh).
+        last chunk (so the memory after the whole input exists, again for refresh). With ``past`` the
+        loop starts from its memory, and when it holds ``p`` tokens of a segment the first chunk is the
+        ``segment_len - p`` steps that complete that segment (attending to memory and held tokens).
         """
         cfg, tf = self.config, self.transformer
         B, T, _ = x.shape
         queries = self.summary_queries.to(x.dtype).expand(B, -1, -1)
-        memory = MemoryKV(cfg.n_layers)
-        outputs = []
-        for i, start in enumerate(range(0, T, L)):
-            if cfg.tbptt_segments is not None and i > 0 and i % cfg.tbptt_segments == 0:
+        memory = MemoryKV(cfg.n_layers) if past is None else past.memory
+        segment, held = (None, 0) if past is None else (past.segment, past.held)
+        done = 0 if past is None else past.segments
+        outputs, start, i = [], 0, 0
+        while start < T:
+            if cfg.tbptt_segments is not None and done + i > 0 and (done + i) % cfg.tbptt_segments == 0:
                 memory.detach()  # truncated BPTT: no gradient crosses this segment boundary
-            chunk = x[:, start : start + L]
+            size = cfg.segment_len - held if held else L  # the steps that end this chunk's segment
+            chunk = x[:, start : start + size]
             n = chunk.shape[1]
-            summarise = n == L and (start + L < T or final_summary)
+            summarise = n == size and (start + n < T or final_summary)
             tokens = torch.cat((chunk, queries), dim=1) if summarise else chunk
-            pos = memory.offset + memory.length + torch.arange(tokens.shape[1], device=x.device)
-            window = PrefixKV(memory.kv, cfg.n_layers)
+            pos = memory.offset + memory.length + held + torch.arange(tokens.shape[1], device=x.device)
+            window = PrefixKV(_join(memory.kv, segment), cfg.n_layers)
             h = tf(tokens, pos, window, skip)
             outputs.append(h[:, :n])
             if hook is not None:
                 hook(i, memory, window.new)
             if summarise:
                 self._write_summary(memory, h[:, n:], skip)
+            segment, held = None, 0
+            start, i = start + n, i + 1
         if hook is not None:
             hook(len(outputs), memory, None)  # rows that end exactly after the last full chunk
         return torch.cat(outputs, dim=1)
+
+    def _sequence_from(
+        self, x: Tensor, past: KVCache, segment_len: int | None, episode_start: Tensor | None
+    ) -> Tensor:
+        """The chunk loop from the memory and partial segment held in ``past`` (the same layout in every
+        row: rows of one trial history have the same length)."""
+        cfg = self.config
+        m = same_in_every_row(past.counters["memory"], "memory tokens")
+        held = same_in_every_row(past.lengths, "tokens") - m
+        memory = MemoryKV(cfg.n_layers)
+        memory.length, memory.offset = m, same_in_every_row(past.offsets, "position offsets")
+        if m:
+            memory.kv = [past.held(layer, 0, m) for layer in range(cfg.n_layers)]
+        segment = [past.held(layer, m, m + held) for layer in range(cfg.n_layers)] if held else None
+        start = SegmentPast(memory, segment, held, same_in_every_row(past.counters["segments"], "segments"))
+        L = self.segment_len_for(segment_len)
+        return self._run_chunks(x, L, self.transformer.draw_layer_skips(), past=start)
 
     def _append_summary(self, memory: MemoryKV, summary: Tensor, skip: list[bool] | None) -> None:
         """Encode ``summary [B,l_sum,D]`` once, the memory as prefix, at positions ``m..m+l_sum-1``."""
@@ -247,6 +301,7 @@ class MemoMemory(SequenceMemory):
             queries = self.summary_queries.expand(rows.shape[0], -1, -1)
             summary = tf(queries, cache.positions(cfg.summary_len, rows), cache.source(cfg.summary_len, rows))
             self._write_summary_rows(cache, rows, summary)
+            cache.counters["segments"][rows] += 1
             cache.trim()
         return h[:, 0]
 
@@ -290,6 +345,7 @@ class MemoMemory(SequenceMemory):
             cache.lengths[rows] = memory.length + in_segment[rows]
             cache.offsets[rows] = memory.offset
             cache.counters["memory"][rows] = memory.length
+            cache.counters["segments"][rows] = i
 
         return self._run_chunks(x, L, skip=None, hook=capture, final_summary=True)
 

@@ -50,6 +50,11 @@ class MemorylessMemory(SequenceMemory):
     def _sequence(self, x: Tensor, segment_len: int | None, episode_start: Tensor | None) -> Tensor:
         return self.net(x)
 
+    def _sequence_from(
+        self, x: Tensor, past: StateCache, segment_len: int | None, episode_start: Tensor | None
+    ) -> Tensor:
+        return self.net(x)
+
     def _step(self, x: Tensor, cache: StateCache, episode_start: Tensor | None) -> Tensor:
         return self.net(x)
 

@@ -1,8 +1,9 @@
 """GRU / LSTM baselines behind the :class:`SequenceMemory` interface (TorchRL's recurrent modules).
 
 The cache is the hidden state (``h``, plus ``c`` for the LSTM), each ``[n_layers, B, d_model]``;
-``refresh`` recomputes it from the history under the current weights. Input and hidden width are both
-``d_model``, so the recurrent memory is a drop-in replacement for a Transformer memory.
+``refresh`` recomputes it from the history under the current weights, and sequence mode from a past
+starts the RNN from its state. Input and hidden width are both ``d_model``, so the recurrent memory is
+a drop-in replacement for a Transformer memory.
 """
 
 from __future__ import annotations
@@ -65,6 +66,13 @@ class _RecurrentMemory(SequenceMemory):
     def _sequence(self, x: Tensor, segment_len: int | None, episode_start: Tensor | None) -> Tensor:
         self._no_segment_len(segment_len)
         return self.rnn(x)[0]
+
+    def _sequence_from(
+        self, x: Tensor, past: StateCache, segment_len: int | None, episode_start: Tensor | None
+    ) -> Tensor:
+        self._no_segment_len(segment_len)
+        states = tuple(s.detach() for s in past.states)
+        return self.rnn(x, states if len(states) == 2 else states[0])[0]
 
     def _step(self, x: Tensor, cache: StateCache, episode_start: Tensor | None) -> Tensor:
         out, state = self.rnn(x[:, None], cache.states if len(cache.states) == 2 else cache.states[0])

@@ -3,6 +3,7 @@
 import copy
 import math
 
+import lightning.pytorch as pl
 import pytest
 import torch
 
@@ -11,7 +12,7 @@ from lightning_memo.callbacks import TrialMetrics
 from lightning_memo.envs.dark_key_to_door import DarkKeyToDoorEnv
 from lightning_memo.nn.registry import make_memory
 from lightning_memo.policy import MemoPolicy
-from tests.scripts.tiny import env_factory, tiny_module, tiny_policy, tiny_ppo, tiny_trainer
+from tests.scripts.tiny import TRIAL_LEN, env_factory, tiny_module, tiny_policy, tiny_ppo, tiny_trainer
 
 
 def test_env_policy_mismatches_are_named():
@@ -148,3 +149,85 @@ def test_torchrl_envs_reach_memo_ppo_through_gym_trial_env():
     tiny_trainer(max_epochs=1).fit(module)
     assert module.collector.history.shape == (2, 51)  # POPGym's Easy episodes: 51 steps, then the trial ends
     assert module.env_steps == 2 * 51 and "return" in module.last_trial
+
+
+def _recording(evaluate, lengths: list):
+    """``evaluate`` that also appends the number of steps each call reads to ``lengths``."""
+
+    def spy(td, segment_len=None, past=None):
+        lengths.append(td.shape[1])
+        return evaluate(td, segment_len, past)
+
+    return spy
+
+
+def _update_twice(module: MemoPPO, window_start: int) -> dict[bool, tuple[dict, list]]:
+    """``module.update`` from the same state with ``prefix_gradients`` true and false: the stats and the
+    lengths of the sequences each forward read."""
+    opt, sched = module.optimizers(), module.lr_schedulers()
+    saved = [copy.deepcopy(x.state_dict()) for x in (module.policy, opt.optimizer, sched)]
+    evaluate = module.policy.evaluate
+    results = {}
+    for prefix_gradients in (True, False):
+        for x, state in zip((module.policy, opt.optimizer, sched), saved):
+            x.load_state_dict(copy.deepcopy(state))
+        lengths = []
+        module.policy.evaluate = _recording(evaluate, lengths)
+        module.cfg.prefix_gradients = prefix_gradients
+        torch.manual_seed(1)
+        results[prefix_gradients] = module.update(window_start=window_start, bootstrap=False), lengths
+    module.policy.evaluate = evaluate
+    return results
+
+
+@pytest.mark.parametrize("memory", ["memo", "fct", "gru"])
+def test_window_only_update_computes_the_same_first_losses(memory):
+    """One epoch, one minibatch: the loss pieces are those of the first forward, which the cached prefix
+    reproduces (train mode, segment randomisation off); the forwards read the window only."""
+    pl.seed_everything(0, verbose=False)
+    env = env_factory(4)(0)
+    kwargs = {"randomize_segments": False} if memory == "memo" else {}
+    if memory == "fct":
+        kwargs = {"n_layers": 1, "n_heads": 2, "position_recipe": "relic", "sink_kv": True}
+    module = MemoPPO(tiny_policy(env, memory, **kwargs), env, tiny_ppo(num_trials=1, epochs=1, num_minibatches=1))
+    tiny_trainer(max_epochs=1).fit(module)
+    results = _update_twice(module, window_start=27)  # mid-segment (segment_len 8)
+    (full, full_lengths), (window, window_lengths) = results[True], results[False]
+    assert full_lengths == [TRIAL_LEN] and window_lengths == [TRIAL_LEN - 27]
+    for key in ("loss", "policy_loss", "value_loss", "entropy", "approx_kl", "clip_fraction", "explained_variance"):
+        assert window[key] == pytest.approx(full[key], rel=1e-5, abs=1e-6), key
+    # the trial's last update (window_start = 0) is a full pass either way
+    results = _update_twice(module, window_start=0)
+    assert results[True][1] == results[False][1] == [TRIAL_LEN]
+    assert results[False][0] == pytest.approx(results[True][0], rel=1e-6)
+
+
+@pytest.mark.parametrize("memory", ["memo", "gru"])
+def test_window_only_training_runs(memory):
+    module = tiny_module(memory, num_trials=2, prefix_gradients=False)
+    trainer = tiny_trainer(max_epochs=2)
+    trainer.fit(module)
+    assert module.trial_index == 2 and module.env_steps == 2 * 4 * TRIAL_LEN
+    for key in ("train/loss", "train/entropy", "train/approx_kl"):
+        assert torch.isfinite(trainer.callback_metrics[key]), key
+
+
+def test_window_only_updates_refuse_memories_that_cannot_continue_a_past():
+    from lightning_memo.config import load_config
+    from lightning_memo.nn.memoryless import MemorylessConfig
+    from tests.nn.test_past import _NoPast
+
+    env = env_factory(num_envs=2)(0)
+    cfg = tiny_ppo(num_minibatches=1, prefix_gradients=False)
+    for kwargs in ({}, {"inter_episode_attention": False}):
+        policy = tiny_policy(env, "memo", **kwargs)
+        check_env_policy(env, policy, tiny_ppo(num_minibatches=1))  # the default needs nothing
+        if kwargs:
+            with pytest.raises(ValueError, match="inter-episode attention only.*set ppo.prefix_gradients=true"):
+                check_env_policy(env, policy, cfg)
+        else:
+            check_env_policy(env, policy, cfg)
+    policy = MemoPolicy.from_env(env, _NoPast(config=MemorylessConfig(d_model=8)))
+    with pytest.raises(ValueError, match="ppo.prefix_gradients=false .* not implemented for _NoPast"):
+        check_env_policy(env, policy, cfg)
+    assert load_config("dark_key_to_door", ["ppo.prefix_gradients=false"]).ppo.prefix_gradients is False

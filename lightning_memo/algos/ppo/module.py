@@ -7,7 +7,9 @@ One training step = one trial of ``T = trial_len`` steps on ``N`` envs (:class:`
    GAE over the prefix ``[0, t)`` (bootstrapped with the current ``V(s_t)``, cut at inner episodes),
    ``epochs`` passes over minibatches of whole env sequences; each forward reads the whole prefix in
    sequence mode (segment randomisation on) and the loss is masked to the new window ``[t-U, t)``;
-   the last update of the trial covers all ``T`` steps. In episodic trials (envs with a root ``active``
+   the last update of the trial covers all ``T`` steps. With ``prefix_gradients=false`` a partial
+   update encodes the prefix ``[0, t-U)`` once without gradients and the forwards run over the window
+   only, attending to that cache. In episodic trials (envs with a root ``active``
    flag) steps of rows whose episode has ended (not stepped) carry no loss and are not env steps, and
    the trial stops at the step where its last row ends (its last update covers that prefix). Gradients
    are accumulated over ``grad_accumulation`` minibatches, clipped to ``max_grad_norm``, Adam steps,
@@ -101,6 +103,15 @@ class PPOConfig:
     """Also overwrite the stored behaviour log-probs at a refresh."""
     shuffle_episodes: bool = False
     """Shuffle the completed inner episodes before a refresh (ReLIC's option)."""
+    prefix_gradients: bool = True
+    """Partial updates backpropagate through the whole prefix ``[0, t)`` (the reference). ``false``: a
+    partial update encodes the prefix ``[0, t-U)`` once, without gradients, under the weights at the
+    update's start (eval semantics), and every minibatch of every epoch runs only the new window
+    ``[t-U, t)`` attending to that cache: faster, but no gradient from the window's losses reaches the
+    prefix tokens or earlier summaries (truncated backprop at the window boundary) and the prefix
+    keys/values stay those of the update's starting weights across its epochs. The trial's last update
+    is a full pass either way. Needs a memory with inter-episode attention and sequence mode from a
+    past (every registered one but the no-IEA ablation)."""
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming ``ppo.<key>`` for a setting that cannot work."""
@@ -249,7 +260,15 @@ class MemoPPO(TrialModule):
         old_log_prob = history.get(LOG_PROB_KEY).float()
         actions = history.get(ACTION_KEY).reshape(N, t)
 
-        # 2. epochs over minibatches of whole env sequences
+        # 2. prefix_gradients=false: the prefix once, without gradients; the forwards then cover the window only
+        past = None
+        if not cfg.prefix_gradients and window_start > 0:
+            past = policy.encode_prefix(history[:, :window_start])
+            history, actions, old_log_prob, values, advantages, returns, window = (
+                x[:, window_start:] for x in (history, actions, old_log_prob, values, advantages, returns, window)
+            )
+
+        # 3. epochs over minibatches of whole env sequences
         opt, sched = self.optimizers(), self.lr_schedulers()
         policy.train()
         sums: dict[str, float] = {}
@@ -257,7 +276,7 @@ class MemoPPO(TrialModule):
         for _ in range(cfg.epochs):
             order = torch.randperm(N, device=history.device)
             for i, idx in enumerate(order.tensor_split(cfg.num_minibatches)):
-                logits, new_values = policy.evaluate(history[idx])
+                logits, new_values = policy.evaluate(history[idx], past=None if past is None else past.select(idx))
                 dist = Categorical(logits=logits.float())
                 mask = window[idx]
                 pg_loss, clip_frac, approx_kl = clipped_policy_loss(
@@ -312,6 +331,12 @@ def _no_backward_sync(strategy):
 
 def check_env_policy(env: EnvBase, policy: MemoPolicy, cfg: PPOConfig) -> None:
     """Fail before training when the env and the policy/config do not fit together, naming the problem."""
+    problem = policy.memory.past_support()
+    if not cfg.prefix_gradients and problem is not None:
+        raise ValueError(
+            f"ppo.prefix_gradients=false runs sequence mode from a cached prefix, which {problem}; set "
+            "ppo.prefix_gradients=true (or choose another memory)."
+        )
     if len(env.batch_size) != 1:
         raise ValueError(
             f"the env must be batched with batch_size [N]; got {list(env.batch_size)}. Build N rows in one env "
