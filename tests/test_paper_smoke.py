@@ -30,7 +30,7 @@ def test_mean_and_95_interval():
     agg = common.aggregate(
         [{"v": "a", "x": 1.0}, {"v": "b", "x": 4.0}, {"v": "a", "x": 3.0}], ["v"], ["x"]
     )
-    assert [(r["v"], r["n"], r["x"]) for r in agg] == [("a", 2, 2.0), ("b", 1, 4.0)]
+    assert [(r["v"], r["n"], r["x"], r["x_values"]) for r in agg] == [("a", 2, 2.0, [1.0, 3.0]), ("b", 1, 4.0, [4.0])]
     table = common.markdown_table(agg, ["v"], {"x": "{:.1f}".format})
     assert "| a | 2 | 2.0 ± 12.7 |" in table and "| b | 1 | 4.0 |" in table
 

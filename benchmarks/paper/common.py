@@ -265,7 +265,8 @@ def mean_ci(values: Sequence[float]) -> tuple[float, float]:
 
 
 def aggregate(rows: Iterable[dict], keys: Sequence[str], metrics: Sequence[str]) -> list[dict]:
-    """Rows grouped by ``keys`` (first-seen order): ``n`` seeds and ``<metric>`` / ``<metric>_ci`` per metric."""
+    """Rows grouped by ``keys`` (first-seen order): ``n`` seeds and ``<metric>`` / ``<metric>_ci`` /
+    ``<metric>_values`` (the seeds' own values) per metric."""
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
         groups.setdefault(tuple(r[k] for k in keys), []).append(r)
@@ -273,7 +274,8 @@ def aggregate(rows: Iterable[dict], keys: Sequence[str], metrics: Sequence[str])
     for key, members in groups.items():
         row = dict(zip(keys, key), n=len(members))
         for m in metrics:
-            row[m], row[f"{m}_ci"] = mean_ci([float(r[m]) for r in members])
+            row[f"{m}_values"] = [float(r[m]) for r in members]
+            row[m], row[f"{m}_ci"] = mean_ci(row[f"{m}_values"])
         out.append(row)
     return out
 
@@ -305,9 +307,12 @@ def pyplot():
 
 
 def bars(ax, labels: Sequence[str], agg: Sequence[dict], metric: str, log: bool = False) -> None:
-    """A bar per row of ``agg`` with its 95% interval as an error bar."""
+    """A bar per row of ``agg`` (the mean) with its 95% interval as an error bar and each seed as a dot."""
     errors = [0.0 if math.isnan(r[f"{metric}_ci"]) else r[f"{metric}_ci"] for r in agg]
     ax.bar(range(len(agg)), [r[metric] for r in agg], yerr=errors, capsize=3, color="#4c72b0")
+    for i, r in enumerate(agg):
+        values = r.get(f"{metric}_values", [])
+        ax.scatter([i] * len(values), values, s=12, color="black", zorder=3)
     ax.set_xticks(range(len(agg)), labels, rotation=30, ha="right")
     if log:
         ax.set_yscale("log")
