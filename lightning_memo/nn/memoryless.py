@@ -53,7 +53,7 @@ class MemorylessMemory(SequenceMemory):
     def _sequence_from(
         self, x: Tensor, past: StateCache, segment_len: int | None, episode_start: Tensor | None
     ) -> Tensor:
-        return self.net(x)
+        return self._sequence(x, segment_len, episode_start)  # nothing is carried over
 
     def _step(self, x: Tensor, cache: StateCache, episode_start: Tensor | None) -> Tensor:
         return self.net(x)

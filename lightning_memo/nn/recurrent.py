@@ -71,11 +71,10 @@ class _RecurrentMemory(SequenceMemory):
         self, x: Tensor, past: StateCache, segment_len: int | None, episode_start: Tensor | None
     ) -> Tensor:
         self._no_segment_len(segment_len)
-        states = tuple(s.detach() for s in past.states)
-        return self.rnn(x, states if len(states) == 2 else states[0])[0]
+        return self.rnn(x, _rnn_state(tuple(s.detach() for s in past.states)))[0]
 
     def _step(self, x: Tensor, cache: StateCache, episode_start: Tensor | None) -> Tensor:
-        out, state = self.rnn(x[:, None], cache.states if len(cache.states) == 2 else cache.states[0])
+        out, state = self.rnn(x[:, None], _rnn_state(cache.states))
         cache.states = tuple(state) if isinstance(state, tuple) else (state,)
         return out[:, 0]
 
@@ -99,3 +98,8 @@ class LSTMMemory(_RecurrentMemory):
     """LSTM baseline: ``LSTMMemory(d_model=256, n_layers=1)``; state ``h, c [n_layers, B, d_model]``."""
 
     module_cls = LSTMModule
+
+
+def _rnn_state(states: tuple[Tensor, ...]) -> Tensor | tuple[Tensor, Tensor]:
+    """A :class:`StateCache`'s tensors as the RNN takes them: ``(h, c)`` for an LSTM, ``h`` for a GRU."""
+    return states if len(states) == 2 else states[0]
