@@ -1,68 +1,70 @@
-"""Peak memory of one ``refresh`` against the cache it builds, per memory and trial length.
+"""Peak memory of ``refresh`` and ``encode_prefix`` against what they build, per memory and trial length.
 
-    python benchmarks/bench_refresh.py
-    python benchmarks/bench_refresh.py --memories fct memo --lengths 4096 8192 16384 --d-model 32
+    python benchmarks/bench_refresh.py                                   # the paper's model size, batch 16
+    python benchmarks/bench_refresh.py --lengths 4096 16384 --batch 4 --d-model 64 --heads 2
 
-Each (memory, t) runs in a fresh process (the peak resident set size of a process only grows), which
-builds the memory and the input, refreshes once at a short length to warm up, then refreshes at ``t``:
-the growth of the peak RSS over that refresh is what it needed beyond the model and the input.
-Prints a Markdown table.
+The peak is the most bytes of tensor storage the call held at once beyond what existed before it, counted
+from the allocations and frees ``torch.profiler`` records (``profile_memory=True``): exact and repeatable,
+unlike a process's resident set size. *cache* is the storage of the cache built (allocated, not just held),
+*outputs* the ``[B, t, D]`` that ``refresh`` returns (``encode_prefix`` returns none). Prints a Markdown table.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+import torch
 
-CHILD = """
-import json, resource, sys, torch
-from lightning_memo.nn.registry import make_memory
-torch.set_num_threads(1)
-name, t, kwargs = sys.argv[1], int(sys.argv[2]), json.loads(sys.argv[3])
-memory = make_memory(name, **kwargs).eval()
-x = torch.randn(2, t, kwargs["d_model"])
-memory.refresh(x[:, :64])
-before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-memory.refresh(x)
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - before
-print(json.dumps({"peak": peak, "cache": memory.cache_allocated_nbytes()}))
-"""
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from lightning_memo.nn.registry import make_memory  # noqa: E402
+from tests.nn.spy import peak_bytes  # noqa: E402
 
-def measure(name: str, t: int, kwargs: dict) -> dict:
-    out = subprocess.run(
-        [sys.executable, "-c", CHILD, name, str(t), json.dumps(kwargs)],
-        capture_output=True, text=True, check=True, cwd=ROOT, env={"OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)},
-    )
-    return json.loads(out.stdout.strip().splitlines()[-1])
+VARIANTS = {
+    "fct": ("fct", {}),
+    "fct-window1024": ("fct", dict(window=1024)),
+    "memo": ("memo", {}),
+    "memo-stream768": ("memo", dict(max_memory_tokens=768)),
+    "rmt": ("rmt", {}),
+}
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--memories", nargs="+", default=["fct", "memo"])
-    parser.add_argument("--lengths", type=int, nargs="+", default=[4096, 8192, 16384])
-    parser.add_argument("--d-model", type=int, default=32)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--memories", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--lengths", type=int, nargs="+", default=[2048, 8192])
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--d-model", type=int, default=256)
     parser.add_argument("--layers", type=int, default=4)
-    parser.add_argument("--heads", type=int, default=2)
+    parser.add_argument("--heads", type=int, default=8)
+    parser.add_argument("--mlp-ratio", type=float, default=4.0)
     parser.add_argument("--segment-len", type=int, default=256)
     parser.add_argument("--summary-len", type=int, default=32)
+    parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
-    print(f"refresh of a batch of 2, d_model={args.d_model}, {args.layers} layers, {args.heads} heads, MLP ratio 1, fp32")
-    print("| memory | t | cache built | peak growth | peak / cache |\n|---|---:|---:|---:|---:|")
-    for name in args.memories:
-        kwargs = dict(d_model=args.d_model, n_layers=args.layers, n_heads=args.heads, mlp_ratio=1.0)
-        if name in ("memo", "ac", "rmt"):
-            kwargs.update(segment_len=args.segment_len, summary_len=args.summary_len)
+    torch.set_num_threads(args.threads)
+    print(f"batch {args.batch}, d_model {args.d_model}, {args.layers} layers, {args.heads} heads, MLP ratio "
+          f"{args.mlp_ratio:g}, l_seg {args.segment_len}, l_sum {args.summary_len}, fp32, torch {torch.__version__}")
+    print("| memory | t | cache | outputs | refresh peak | / (cache + outputs) | encode_prefix peak | / cache |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    mib = 2**20
+    for variant in args.memories:
+        name, kwargs = VARIANTS[variant]
+        if name != "fct":
+            kwargs = dict(kwargs, segment_len=args.segment_len, summary_len=args.summary_len)
+        torch.manual_seed(0)
+        memory = make_memory(name, d_model=args.d_model, n_layers=args.layers, n_heads=args.heads,
+                             mlp_ratio=args.mlp_ratio, **kwargs).eval()
         for t in args.lengths:
-            r = measure(name, t, kwargs)
-            mib = 2**20
-            print(f"| {name} | {t:,} | {r['cache'] / mib:.1f} MiB | {r['peak'] / mib:.1f} MiB | {r['peak'] / r['cache']:.1f} |",
-                  flush=True)
+            x = torch.randn(args.batch, t, args.d_model)
+            refresh, out = peak_bytes(lambda: memory.refresh(x))
+            encode, cache = peak_bytes(lambda: memory.encode_prefix(x))
+            built, outputs = cache.allocated_nbytes(), out.numel() * out.element_size()
+            del out, cache
+            print(f"| {variant} | {t:,} | {built / mib:.1f} MiB | {outputs / mib:.1f} MiB | {refresh / mib:.1f} MiB | "
+                  f"{refresh / (built + outputs):.2f} | {encode / mib:.1f} MiB | {encode / built:.2f} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -166,20 +166,23 @@ def attend(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | Band | None, chunk: i
     left out are exactly the masked ones).
     """
     n = q.shape[2]
-    if mask is None:
-        return F.scaled_dot_product_attention(q, k, v, is_causal=n > 1)
     if isinstance(mask, Tensor):
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    if mask is None or mask == Band(None):  # plain causal: the kernel needs no mask
+        return F.scaled_dot_product_attention(q, k, v, is_causal=n > 1)
     lead, window, past = mask.lead, mask.window, mask.past
     outputs = []
     for start in range(past, past + n, chunk):  # query i sits at key lead + i of [lead | past | new]
         stop = min(start + chunk, past + n)
         first = 0 if window is None else max(0, start - window + 1)
-        keys, values = k[:, :, lead + first : lead + stop], v[:, :, lead + first : lead + stop]
-        if lead:
-            keys, values = torch.cat((k[:, :, :lead], keys), 2), torch.cat((v[:, :, :lead], values), 2)
-        lag = torch.arange(start, stop, device=q.device)[:, None] - torch.arange(first, stop, device=q.device)
-        visible = (lag >= 0) if window is None else (lag >= 0) & (lag < window)
+        if first == 0:  # the lead keys and those the band reaches are one slice (no copy)
+            keys, values = k[:, :, : lead + stop], v[:, :, : lead + stop]
+        else:
+            keys, values = k[:, :, lead + first : lead + stop], v[:, :, lead + first : lead + stop]
+            if lead:
+                keys, values = torch.cat((k[:, :, :lead], keys), 2), torch.cat((v[:, :, :lead], values), 2)
+        query, key = torch.arange(start, stop, device=q.device)[:, None], torch.arange(first, stop, device=q.device)
+        visible = key <= query if window is None else (key <= query) & (key > query - window)  # bool, no [n, S] lags
         visible = F.pad(visible, (lead, 0), value=True)
         outputs.append(F.scaled_dot_product_attention(q[:, :, start - past : stop - past], keys, values, attn_mask=visible))
     return torch.cat(outputs, dim=2)
@@ -289,16 +292,20 @@ class PrefixKV:
     (only the last ``window`` tokens of ``[prefix | new]``, itself included, when ``window`` is given).
 
     ``prefix`` is one ``(k, v)`` pair ``[B,H,P,Dh]`` per layer (``None`` entries or ``P == 0`` mean no
-    prefix). The new tokens' keys/values are recorded in ``self.new`` (per layer) for the caller.
+    prefix). The new tokens' keys/values are recorded in ``self.new`` (per layer) for the caller, unless
+    ``record`` is false (a record keeps every layer's projections alive until the caller drops it).
     """
 
-    def __init__(self, prefix: LayerKV | None, n_layers: int, window: int | None = None) -> None:
+    def __init__(self, prefix: LayerKV | None, n_layers: int, window: int | None = None, record: bool = True) -> None:
         self.prefix = prefix
         self.window = window
+        self.record = record
         self.new: LayerKV = [None] * n_layers
+        self.mask: Tensor | None = None  # built once, shared by the layers (the prefix is as long in each)
 
     def __call__(self, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor, Tensor | Band | None]:
-        self.new[layer] = (k, v)
+        if self.record:
+            self.new[layer] = (k, v)
         prefix = self.prefix[layer] if self.prefix is not None else None
         if prefix is None or prefix[0].shape[2] == 0:
             return k, v, None if self.window is None else Band(self.window)
@@ -307,7 +314,9 @@ class PrefixKV:
         if self.window is not None:
             mask = Band(self.window, past=P)
         else:
-            mask = torch.ones(n, P + n, dtype=torch.bool, device=k.device).tril(diagonal=P)
+            if self.mask is None or self.mask.shape != (n, P + n):
+                self.mask = torch.ones(n, P + n, dtype=torch.bool, device=k.device).tril(diagonal=P)
+            mask = self.mask
         return torch.cat((pk, k), dim=2), torch.cat((pv, v), dim=2), mask
 
 
@@ -336,6 +345,7 @@ class KVCache:
         positive(batch_size=batch_size)
         self.n_layers, self.n_heads, self.head_dim, self.bound = n_layers, n_heads, head_dim, bound
         self.kv: Tensor | None = None  # allocated on the first write, in the dtype of the keys written
+        self.expected = 0  # slots the next growth makes room for at once (see expect)
         zeros = torch.zeros(batch_size, dtype=torch.long, device=device)
         self.lengths, self.offsets = zeros, zeros.clone()
         self.counters = {name: zeros.clone() for name in counters}
@@ -390,10 +400,17 @@ class KVCache:
         kv = self.kv.detach()[layer, :, :, :, start:stop]
         return kv[0], kv[1]
 
+    def expect(self, slots: int) -> None:
+        """Let the next growth make room for ``slots`` per row at once (a refresh knows how much it will hold:
+        growing by 10% at a time would copy the storage again and again)."""
+        self.expected = slots
+
     def reserve(self, needed: int, like: Tensor) -> None:
-        """Make room for ``needed`` slots per row (the bound at once if there is one, else +10% or more)."""
+        """Make room for ``needed`` slots per row (the bound, or what was expected, at once if known; else
+        +10% or more)."""
         if needed > self.capacity:
-            self._resize(max(needed, self.bound or 0, self.capacity + self.capacity // 10), like)
+            self._resize(max(needed, self.bound or 0, self.expected, self.capacity + self.capacity // 10), like)
+            self.expected = 0
 
     def trim(self) -> None:
         """Give back storage beyond 10% over the longest row (unbounded caches; e.g. after a segment drop)."""
@@ -429,6 +446,13 @@ class KVCache:
         else:
             self.lengths[rows] += n
 
+    def write(self, layer: int, start: int, k: Tensor, v: Tensor) -> None:
+        """Write ``k/v [B,H,n,Dh]`` into slots ``start..start+n-1`` of every row (set ``lengths`` afterwards)."""
+        stop = start + k.shape[2]
+        self.reserve(stop, k)
+        self.kv[layer, 0, :, :, start:stop] = k.to(self.kv.dtype)
+        self.kv[layer, 1, :, :, start:stop] = v.to(self.kv.dtype)
+
     def fill(self, rows: Tensor, layer: int, k: Tensor, v: Tensor) -> None:
         """Write ``k/v [r,H,n,Dh]`` into slots ``0..n-1`` of ``rows`` (set ``lengths`` afterwards)."""
         self.reserve(k.shape[2], k)
@@ -451,8 +475,9 @@ class CacheKV:
     ``lengths[b] + i`` and attend to every valid slot of their row plus earlier new tokens (only to the
     last ``window`` slots, themselves included, when ``window`` is given). Slots and mask are computed
     once for all layers, with one host sync per call. When all rows hold the same number of tokens (the
-    usual lockstep rollout) the new tokens are written with a plain slice, and one new token per row
-    needs no mask: it sees exactly the first ``span`` slots, so the cache is sliced instead."""
+    usual lockstep rollout, or a chunked prefill) the new tokens are written with a plain slice, one new
+    token per row needs no mask (it sees exactly the slots read), and several get a :class:`Band` (the
+    same causal band in every row; :func:`attend` builds its mask a query chunk at a time)."""
 
     def __init__(self, cache: KVCache, n: int, rows: Tensor | None, window: int | None) -> None:
         lengths = cache.lengths if rows is None else cache.lengths[rows]
@@ -461,8 +486,8 @@ class CacheKV:
         self.span = longest + n  # slots any of these rows reads
         self.start = longest if shortest == longest and rows is None else None  # every row writes here
         self.first = 0 if window is None or self.start is None else max(0, longest - window + 1)
-        if self.start is not None and n == 1:
-            self.mask = None  # the one new token sees slots first .. span-1, all of what is read
+        if self.start is not None:  # one new token sees slots first .. span-1, all of what is read
+            self.mask = None if n == 1 else Band(window, past=self.start - self.first)
         else:
             self.slots = lengths[:, None] + torch.arange(n, device=lengths.device)  # [b, n]
             lag = self.slots[:, :, None] - torch.arange(self.first, self.span, device=lengths.device)  # [b,n,read]
@@ -470,7 +495,7 @@ class CacheKV:
             self.mask = visible[:, None]
             self.row_index = (torch.arange(cache.batch_size, device=lengths.device) if rows is None else rows)[:, None]
 
-    def __call__(self, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
+    def __call__(self, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor, Tensor | Band | None]:
         cache = self.cache
         cache.reserve(self.span, k)
         kv = cache.kv[layer]

@@ -228,7 +228,7 @@ class SequenceMemory(TensorDictModuleBase):
 
         Runs in the eval semantics (fixed segment length, no layer drop), whatever the module mode.
         """
-        self._cache, out = self._encode_history(history, is_init, episode_start)
+        self._cache, out = self._encode_history(history, is_init, episode_start, outputs=True)
         return out
 
     @torch.no_grad()
@@ -241,25 +241,27 @@ class SequenceMemory(TensorDictModuleBase):
         The same pass as :meth:`refresh` (eval semantics: fixed segment length, no layer drop; no
         gradients), without installing the result.
         """
-        return self._encode_history(history, is_init, episode_start)[0]
+        return self._encode_history(history, is_init, episode_start, outputs=False)[0]
 
     def _encode_history(
-        self, history: Tensor, is_init: Tensor | None, episode_start: Tensor | None
-    ) -> tuple[Cache, Tensor]:
-        """The cache after ``history [B,t,D]`` and the outputs ``[B,t,D]`` of that (eval) pass."""
+        self, history: Tensor, is_init: Tensor | None, episode_start: Tensor | None, outputs: bool
+    ) -> tuple[Cache, Tensor | None]:
+        """The cache after ``history [B,t,D]`` and, if ``outputs``, the outputs ``[B,t,D]`` of that (eval) pass."""
         self._check_x(history, rank=3, name="history")
         B, t = history.shape[:2]
         cache = self.new_cache(B)
         if t == 0:
-            return cache, history.new_zeros(B, 0, self.d_model)
+            return cache, history.new_zeros(B, 0, self.d_model) if outputs else None
         trials, episode_start, index = self._pack(history, is_init, episode_start)
         if index is None:
             lengths = torch.full((B,), t, dtype=torch.long, device=history.device)
             last = torch.arange(B, device=history.device)
         else:
             lengths, last = index.lengths, index.last
-        out = self._refresh(trials, lengths, episode_start, last, cache)
-        return cache, out if index is None else unpack_trials(out, index, history.shape[:2])
+        out = self._refresh(trials, lengths, episode_start, last, cache, outputs)
+        if out is None or index is None:
+            return cache, out
+        return cache, unpack_trials(out, index, history.shape[:2])
 
     def past_support(self) -> str | None:
         """Why sequence mode from a past (``forward_sequence(past=...)``) cannot run on this memory, as the
@@ -356,10 +358,11 @@ class SequenceMemory(TensorDictModuleBase):
         raise NotImplementedError
 
     def _refresh(
-        self, x: Tensor, lengths: Tensor, episode_start: Tensor | None, last: Tensor, cache: Cache
-    ) -> Tensor:
-        """Sequence mode (eval) on ``x [N,L,D]`` (row i one trial of ``lengths[i]`` steps) -> ``[N,L,D]``;
-        also fills the empty ``cache`` row b from trial ``last[b]``."""
+        self, x: Tensor, lengths: Tensor, episode_start: Tensor | None, last: Tensor, cache: Cache, outputs: bool
+    ) -> Tensor | None:
+        """Sequence mode (eval) on ``x [N,L,D]`` (row i one trial of ``lengths[i]`` steps) -> ``[N,L,D]``
+        (``None`` when ``outputs`` is false: only the cache is wanted); also fills the empty ``cache`` row b
+        from trial ``last[b]``."""
         raise NotImplementedError
 
     def _no_segment_len(self, segment_len: int | None) -> None:

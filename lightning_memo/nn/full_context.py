@@ -43,6 +43,7 @@ from lightning_memo.nn.base import SequenceMemory, same_in_every_row
 
 POSITION_RECIPES = ("rope", "relic")
 POSITION_POLICIES = ("grow", "rebase")
+PREFILL_BLOCK = 256  # steps per block of a refresh (chunked prefill); its transient is one block's work
 
 
 @dataclass
@@ -186,17 +187,11 @@ class FullContextMemory(SequenceMemory):
     # ------------------------------------------------------------ sequence mode
     def _sequence(self, x: Tensor, segment_len: int | None, episode_start: Tensor | None) -> Tensor:
         self._no_segment_len(segment_len)
-        return self._encode(x, episode_start, self.transformer.draw_layer_skips())[0]
-
-    def _encode(
-        self, x: Tensor, episode_start: Tensor | None, skip: list[bool] | None
-    ) -> tuple[Tensor, PrefixKV, Tensor, Tensor]:
-        """Run ``x [B,T,D]`` (one trial per row): outputs, the K/V record, step-in-episode, ordinal."""
         B, T, _ = x.shape
         episode_step, episode = episode_positions(episode_start, (B, T), x.device)
         tokens, pos = self._inputs(x, torch.arange(T, device=x.device), episode_step, episode)
-        record = PrefixKV(None, self.config.n_layers, self.config.window)
-        return self.transformer(tokens, pos, self._source(record), skip), record, episode_step, episode
+        causal = PrefixKV(None, self.config.n_layers, self.config.window, record=False)
+        return self.transformer(tokens, pos, self._source(causal), self.transformer.draw_layer_skips())
 
     def _sequence_from(
         self, x: Tensor, past: KVCache, segment_len: int | None, episode_start: Tensor | None
@@ -211,8 +206,8 @@ class FullContextMemory(SequenceMemory):
         episode_step, episode = episode_positions(episode_start, (B, n), x.device, past)
         tokens, pos = self._inputs(x, start[:, None] + torch.arange(n, device=x.device), episode_step, episode)
         prefix = [past.held(layer, 0, held) for layer in range(self.config.n_layers)] if held else None
-        record = PrefixKV(prefix, self.config.n_layers, self.config.window)
-        return self.transformer(tokens, pos, self._source(record), self.transformer.draw_layer_skips())
+        source = PrefixKV(prefix, self.config.n_layers, self.config.window, record=False)
+        return self.transformer(tokens, pos, self._source(source), self.transformer.draw_layer_skips())
 
     # ---------------------------------------------------------------- step mode
     def _step(self, x: Tensor, cache: KVCache, episode_start: Tensor | None) -> Tensor:
@@ -236,22 +231,63 @@ class FullContextMemory(SequenceMemory):
 
     # ------------------------------------------------------------------ refresh
     def _refresh(
-        self, x: Tensor, lengths: Tensor, episode_start: Tensor | None, last: Tensor, cache: KVCache
-    ) -> Tensor:
+        self, x: Tensor, lengths: Tensor, episode_start: Tensor | None, last: Tensor, cache: KVCache, outputs: bool
+    ) -> Tensor | None:
+        """Chunked prefill: the trials go through the stack ``PREFILL_BLOCK`` steps at a time, each block
+        writing its keys/values into a cache and attending to what it holds (stepping, a block per call).
+        The pass needs that cache plus one block's activations: no record of the whole trial, no copy.
+        One trial per row (the usual refresh) is encoded straight into ``cache``; packed trials go into a
+        cache of their own, and each row's last trial is copied out once the block holding its end is done.
+        """
         cfg = self.config
-        out, record, episode_step, episode = self._encode(x, episode_start, skip=None)
-        lengths = lengths[last]
-        cache.counters["episode_step"].copy_(episode_step[last, lengths - 1] + 1)
-        cache.counters["episode"].copy_(episode[last, lengths - 1])
-        # keep each row's last min(length, window) steps (all of them without a window)
-        kept = lengths if cfg.window is None else lengths.clamp(max=cfg.window)
-        first, n = lengths - kept, int(kept.max())
-        rebase = cfg.position_policy == "rebase"
-        rows = torch.arange(last.shape[0], device=x.device)
-        for layer, (k, v) in enumerate(record.new):
-            k, v = drop_front(k[last], v[last], first, rebase, cfg.rope_base)
-            cache.fill(rows, layer, k[:, :, :n], v[:, :, :n])
-        cache.lengths.copy_(kept)
-        if not rebase:
-            cache.offsets.copy_(first)
+        N, T, _ = x.shape
+        episode_step, episode = episode_positions(episode_start, (N, T), x.device)
+        direct = N == cache.batch_size and bool((lengths == T).all())
+        record = cache if direct else self.new_cache(N)
+        if record.bound is None:  # (a window's bound is reserved anyway)
+            record.expect(T)
+        ends = lengths[last]  # the step each cache row's trial ends at
+        out = x.new_empty(N, T, self.d_model) if outputs else None
+        block = PREFILL_BLOCK if cfg.window is None else min(PREFILL_BLOCK, cfg.evict_block)
+        for start in range(0, T, block):
+            n = min(block, T - start)
+            if cfg.window is not None:  # keep the window's last window-1 steps, as stepping does
+                self._evict_beyond(record, cfg.window - 1)
+            steps = slice(start, start + n)
+            tokens, pos = self._inputs(x[:, steps], record.positions(n), episode_step[:, steps], episode[:, steps])
+            h = self.transformer(tokens, pos, self._source(record.source(n, window=cfg.window)), kv_only=not outputs)
+            record.advance(n)
+            if out is not None:
+                out[:, steps] = h
+            ending = ((ends > start) & (ends <= start + n)).nonzero().squeeze(1)
+            if not direct and ending.numel():
+                self._copy_trials(record, cache, ending, last[ending], ends[ending], start + n)
+        if direct and cfg.window is not None:
+            self._evict_beyond(cache, cfg.window)  # the refreshed cache holds min(t, window) steps
+        cache.counters["episode_step"].copy_(episode_step[last, ends - 1] + 1)
+        cache.counters["episode"].copy_(episode[last, ends - 1])
         return out
+
+    def _evict_beyond(self, cache: KVCache, keep: int) -> None:
+        """Drop the oldest steps of every row beyond its last ``keep`` (rows hold the same number here)."""
+        count = (cache.lengths - keep).clamp(min=0)
+        if bool(count.any()):
+            rows = torch.arange(cache.batch_size, device=count.device)
+            cache.evict_front(rows, count, self.config.position_policy == "rebase", self.config.rope_base)
+
+    def _copy_trials(
+        self, record: KVCache, cache: KVCache, rows: Tensor, trials: Tensor, ends: Tensor, encoded: int
+    ) -> None:
+        """Rows ``rows`` of ``cache`` take the last ``min(end, window)`` steps of the trials ``trials`` of
+        ``record``, which end at steps ``ends`` (every record row holds its first ``encoded`` steps, padding
+        included, the last of them in its last slot)."""
+        cfg = self.config
+        kept = ends if cfg.window is None else ends.clamp(max=cfg.window)
+        stop = record.lengths[trials] - (encoded - ends)  # the slot after each trial's last step
+        first, n, rebase = stop - kept, int(kept.max()), cfg.position_policy == "rebase"
+        for layer in range(cfg.n_layers):
+            k, v = record.held(layer, 0, int(stop.max()))
+            k, v = drop_front(k[trials], v[trials], first, rebase, cfg.rope_base)
+            cache.fill(rows, layer, k[:, :, :n], v[:, :, :n])
+        cache.lengths[rows] = kept
+        cache.offsets[rows] = 0 if rebase else record.offsets[trials] + first

@@ -111,18 +111,24 @@ class MemoConfig(SegmentConfig):
 
 
 class MemoryKV:
-    """The memory during a sequence-mode pass: per-layer K/V ``[B,H,m,Dh]``, length ``m``, position offset."""
+    """The memory during a sequence-mode pass: per-layer K/V ``[B,H,m,Dh]``, length ``m``, position offset.
+    Appending concatenates, so autograd sees every summary."""
 
     def __init__(self, n_layers: int) -> None:
         self.kv: LayerKV = [None] * n_layers
         self.length = 0
         self.offset = 0
 
-    def append(self, new: LayerKV) -> None:
+    def append(self, new: LayerKV, count: int) -> None:
+        """``M <- [M | new]``: ``count`` tokens' K/V per layer (``None`` for a skipped layer)."""
         self.kv = [
             n if old is None or n is None else (torch.cat((old[0], n[0]), 2), torch.cat((old[1], n[1]), 2))
             for old, n in zip(self.kv, new)
         ]
+        self.length += count
+
+    def clear(self) -> None:
+        self.kv, self.length = [None] * len(self.kv), 0
 
     def detach(self) -> None:
         self.kv = [None if kv is None else (kv[0].detach(), kv[1].detach()) for kv in self.kv]
@@ -143,6 +149,42 @@ class MemoryKV:
             self.offset += count
 
 
+class CachedMemoryKV(MemoryKV):
+    """The memory of a pass without gradients (refresh) kept in slots ``0..m-1`` of a :class:`KVCache`
+    whose rows are the pass's rows: summaries are written in place, so no second copy of the memory
+    exists and the cache is ready when the pass ends."""
+
+    def __init__(self, cache: KVCache) -> None:
+        self.cache, self.length, self.offset = cache, 0, 0
+
+    @property
+    def kv(self) -> LayerKV:
+        if self.length == 0:
+            return [None] * self.cache.n_layers
+        return [self.cache.held(layer, 0, self.length) for layer in range(self.cache.n_layers)]
+
+    def append(self, new: LayerKV, count: int) -> None:
+        for layer, kv in enumerate(new):
+            if kv is not None:
+                self.cache.write(layer, self.length, *kv)
+        self.length += count
+        self.cache.lengths.fill_(self.length)
+
+    def clear(self) -> None:
+        self.length = 0
+        self.cache.lengths.zero_()
+
+    def detach(self) -> None:
+        pass  # no graph to cut
+
+    def evict_front(self, count: int, rebase: bool, rope_base: float) -> None:
+        rows = torch.arange(self.cache.batch_size, device=self.cache.lengths.device)
+        self.cache.evict_front(rows, torch.full_like(rows, count), rebase, rope_base)
+        self.length -= count
+        if not rebase:
+            self.offset += count
+
+
 @dataclass
 class SegmentPast:
     """Where a sequence-mode pass starts when it continues a cache: the memory, the K/V of the ``held``
@@ -154,9 +196,9 @@ class SegmentPast:
     segments: int
 
 
-# Called per chunk with (chunk index, memory before the chunk, the chunk's K/V per layer), and once
-# after the loop with (number of chunks, final memory, None).
-ChunkHook = Callable[[int, MemoryKV, Optional[LayerKV]], None]
+# Called per chunk with (chunk index, its first step, its outputs [B,n,D], the memory before its summary,
+# its K/V per layer), and once after the loop with (number of chunks, T, None, final memory, None).
+ChunkHook = Callable[[int, int, Optional[Tensor], MemoryKV, Optional[LayerKV]], None]
 
 
 def _join(a: LayerKV | None, b: LayerKV | None) -> LayerKV | None:
@@ -219,10 +261,12 @@ class MemoMemory(SequenceMemory):
         hook: ChunkHook | None = None,
         final_summary: bool = False,
         past: SegmentPast | None = None,
-    ) -> Tensor:
+        hook_kv: frozenset[int] = frozenset(),
+    ) -> Tensor | None:
         """Chunk loop over ``x [B,T,D]`` (every row a trial from t=0, or continuing ``past``); returns ``[B,T,D]``.
 
-        ``hook`` sees each chunk's memory and K/V (refresh); ``final_summary`` also summarises a full
+        ``hook`` sees each chunk's outputs and memory (refresh), and the K/V of the chunks in ``hook_kv``;
+        the outputs go to it instead (the loop returns ``None``). ``final_summary`` also summarises a full
         last chunk (so the memory after the whole input exists, again for refresh). With ``past`` the
         loop starts from its memory, and when it holds ``p`` tokens of a segment the first chunk is the
         ``segment_len - p`` steps that complete that segment (attending to memory and held tokens).
@@ -243,17 +287,19 @@ class MemoMemory(SequenceMemory):
             summarise = n == size and (start + n < T or final_summary)
             tokens = torch.cat((chunk, queries), dim=1) if summarise else chunk
             pos = memory.offset + memory.length + held + torch.arange(tokens.shape[1], device=x.device)
-            window = PrefixKV(_join(memory.kv, segment), cfg.n_layers)
+            window = PrefixKV(_join(memory.kv, segment), cfg.n_layers, record=i in hook_kv)
             h = tf(tokens, pos, window, skip)
-            outputs.append(h[:, :n])
-            if hook is not None:
-                hook(i, memory, window.new)
+            if hook is None:
+                outputs.append(h[:, :n])
+            else:
+                hook(i, start, h[:, :n], memory, window.new if i in hook_kv else None)
             if summarise:
                 self._write_summary(memory, h[:, n:], skip)
             segment, held = None, 0
             start, i = start + n, i + 1
         if hook is not None:
-            hook(len(outputs), memory, None)  # rows that end exactly after the last full chunk
+            hook(i, T, None, memory, None)  # rows that end exactly after the last full chunk
+            return None
         return torch.cat(outputs, dim=1)
 
     def _sequence_from(
@@ -279,8 +325,7 @@ class MemoMemory(SequenceMemory):
         pos = memory.offset + memory.length + torch.arange(cfg.summary_len, device=summary.device)
         encoder = PrefixKV(memory.kv, cfg.n_layers)
         self.transformer(summary, pos, encoder, skip, kv_only=True)
-        memory.append(encoder.new)
-        memory.length += cfg.summary_len
+        memory.append(encoder.new, cfg.summary_len)
 
     def _write_summary(self, memory: MemoryKV, summary: Tensor, skip: list[bool] | None) -> None:
         """Sequence mode: ``M <- [M | S_i]``, then evict the oldest summaries over the cap."""
@@ -327,27 +372,47 @@ class MemoMemory(SequenceMemory):
 
     # ------------------------------------------------------------------ refresh
     def _refresh(
-        self, x: Tensor, lengths: Tensor, episode_start: Tensor | None, last: Tensor, cache: KVCache
-    ) -> Tensor:
-        L = self.config.segment_len
+        self, x: Tensor, lengths: Tensor, episode_start: Tensor | None, last: Tensor, cache: KVCache, outputs: bool
+    ) -> Tensor | None:
+        """The chunk loop (fixed ``segment_len``) with the memory written in place into a cache: ``cache``
+        itself when every row is one trial (the usual refresh), else a cache of the packed trials from
+        which each row's last trial is copied once its last chunk is done. The outputs go into one tensor.
+        The pass holds the cache, the outputs and one chunk's activations."""
+        cfg = self.config
+        L, (N, T) = cfg.segment_len, x.shape[:2]
+        direct = N == cache.batch_size and bool((lengths == T).all())
+        record = cache if direct else self.new_cache(N)
+        if record.bound is None:  # a capped memory reserves its bound anyway
+            record.expect(T // L * cfg.summary_len + T % L)  # the memory and partial segment after T steps
+        out = x.new_empty(N, T, self.d_model) if outputs else None
         done_chunks, in_segment = lengths[last] // L, lengths[last] % L
 
-        def capture(i: int, memory: MemoryKV, chunk_kv: LayerKV | None) -> None:
+        def capture(i: int, start: int, h: Tensor | None, memory: MemoryKV, chunk_kv: LayerKV | None) -> None:
+            if out is not None and h is not None:
+                out[:, start : start + h.shape[1]] = h
             rows = (done_chunks == i).nonzero().squeeze(1)
             if not rows.numel():
                 return
-            trials, held = last[rows], memory.length + int(in_segment[rows].max())
-            for layer in range(self.config.n_layers):
-                parts = [p[layer] for p in (memory.kv, chunk_kv) if p is not None and p[layer] is not None]
+            m, held = memory.length, int(in_segment[rows].max())
+            for layer in range(cfg.n_layers):
+                segment = None if chunk_kv is None or not held else [kv[:, :, :held] for kv in chunk_kv[layer]]
+                if direct:  # the memory is in place: add the segment in progress after it
+                    if segment is not None:
+                        cache.write(layer, m, *segment)
+                    continue
+                trials = last[rows]
+                parts = [kv for kv in (record.held(layer, 0, m) if m else None, segment) if kv is not None]
                 if parts:
-                    k, v = (torch.cat([p[j][trials] for p in parts], 2)[:, :, :held] for j in (0, 1))
-                    cache.fill(rows, layer, k, v)
-            cache.lengths[rows] = memory.length + in_segment[rows]
+                    cache.fill(rows, layer, *(torch.cat([p[j][trials] for p in parts], 2) for j in (0, 1)))
+            cache.lengths[rows] = m + in_segment[rows]
             cache.offsets[rows] = memory.offset
-            cache.counters["memory"][rows] = memory.length
+            cache.counters["memory"][rows] = m
             cache.counters["segments"][rows] = i
 
-        return self._run_chunks(x, L, skip=None, hook=capture, final_summary=True)
+        start = SegmentPast(CachedMemoryKV(record), None, 0, 0)
+        ends_mid_segment = frozenset(done_chunks[in_segment > 0].tolist())  # the chunks whose K/V a row keeps
+        self._run_chunks(x, L, skip=None, hook=capture, final_summary=True, past=start, hook_kv=ends_mid_segment)
+        return out
 
 
 def _whole_summaries(excess: int | Tensor, summary_len: int) -> int | Tensor:

@@ -59,6 +59,6 @@ class MemorylessMemory(SequenceMemory):
         return self.net(x)
 
     def _refresh(
-        self, x: Tensor, lengths: Tensor, episode_start: Tensor | None, last: Tensor, cache: StateCache
-    ) -> Tensor:
-        return self.net(x)
+        self, x: Tensor, lengths: Tensor, episode_start: Tensor | None, last: Tensor, cache: StateCache, outputs: bool
+    ) -> Tensor | None:
+        return self.net(x) if outputs else None

@@ -79,13 +79,13 @@ class _RecurrentMemory(SequenceMemory):
         return out[:, 0]
 
     def _refresh(
-        self, x: Tensor, lengths: Tensor, episode_start: Tensor | None, last: Tensor, cache: StateCache
-    ) -> Tensor:
+        self, x: Tensor, lengths: Tensor, episode_start: Tensor | None, last: Tensor, cache: StateCache, outputs: bool
+    ) -> Tensor | None:
         packed = pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
         out, state = self.rnn(packed)
         state = tuple(state) if isinstance(state, tuple) else (state,)
         cache.states = tuple(s[:, last] for s in state)  # h_n at each trial's own length
-        return pad_packed_sequence(out, batch_first=True, total_length=x.shape[1])[0]
+        return pad_packed_sequence(out, batch_first=True, total_length=x.shape[1])[0] if outputs else None
 
 
 class GRUMemory(_RecurrentMemory):

@@ -40,7 +40,7 @@ class RMTMemory(MemoMemory):
 
     def _write_summary(self, memory: MemoryKV, summary: Tensor, skip: list[bool] | None) -> None:
         """``M <- S_i``: encode the summary alone at positions ``0..l_sum-1``."""
-        memory.kv, memory.length = [None] * len(memory.kv), 0
+        memory.clear()
         self._append_summary(memory, summary, skip)
 
     def _write_summary_rows(self, cache: KVCache, rows: Tensor, summary: Tensor) -> None:

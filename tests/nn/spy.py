@@ -12,3 +12,18 @@ def record_segment_lens(memory) -> list[int]:
 
     memory.segment_len_for = spy
     return used
+
+
+def peak_bytes(fn) -> tuple[int, object]:
+    """The most bytes of tensor storage ``fn()`` held at once beyond what existed before it (CPU tensors,
+    counted from the allocations and frees the profiler records), and what ``fn`` returned."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        result = fn()
+    events = [e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"]
+    live = peak = 0
+    for event in sorted(events, key=lambda e: e.start_ns()):
+        live += event.nbytes()
+        peak = max(peak, live)
+    return peak, result

@@ -176,7 +176,7 @@ class _NoPast(SequenceMemory):
     def _sequence(self, x, segment_len, episode_start):
         return self.net(x)
 
-    def _refresh(self, x, lengths, episode_start, last, cache):
+    def _refresh(self, x, lengths, episode_start, last, cache, outputs):
         return self.net(x)
 
 
