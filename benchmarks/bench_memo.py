@@ -30,8 +30,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # for the naive oracle under tests/
 
-from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
-
+from benchmarks.flops import FlopCount  # noqa: E402
 from lightning_memo.nn import FullContextMemory, MemoMemory  # noqa: E402
 from tests.nn.naive_memo import naive_memo_sequence  # noqa: E402
 
@@ -97,13 +96,14 @@ def main() -> None:
         return run
 
     def flops(fn) -> int:
-        with FlopCounterMode(display=False) as counter:
+        with FlopCount() as counter:
             fn()
-        return counter.get_total_flops()
+        return counter.total
 
     print(f"Memo sequence mode, forward+backward, B={args.batch}, T={args.steps}, size={size}, "
           f"{torch.get_num_threads()} torch thread(s), float32, torch {torch.__version__}")
-    print("FLOPs counted by torch.utils.flop_counter (matrix products and attention, forward and backward);")
+    print("FLOPs counted with torch.utils.flop_counter's formulas plus the CPU attention kernel's (benchmarks/flops.py;")
+    print("matrix products and attention, forward and backward; a causal call counts the pairs it computes);")
     print("'x fct time' / 'x fct flops': FCT's value over this path's (the speed-up, and the speed-up the FLOPs allow)")
     rows = []
     for path in ("cached", "naive", "fct"):

@@ -13,8 +13,8 @@ other, and the table gives the env steps/s ratio false/true (``--prefix-gradient
 Every memory runs at the same width (``--d-model``; ``--layers``/``--heads`` override the config's
 depth and heads) and the same PPO settings, one after another in this process; the first trial of each
 is a warm-up and is not timed. That first trial runs under a FLOP counter (``torch.utils.flop_counter``'s
-formulas: matrix products and attention, forward and backward, counted over every query/key pair a kernel is
-given), so the table also shows the loop's achieved FLOP rate against the rate of a plain 1024^3 matrix
+formulas plus the CPU attention kernel's, ``benchmarks/flops.py``: matrix products and attention, forward and
+backward, counted over the query/key pairs a kernel computes), so the table also shows the loop's achieved FLOP rate against the rate of a plain 1024^3 matrix
 product measured in the same run: the fraction of its FLOP bound the loop reaches. Prints a Markdown table.
 """
 
@@ -27,34 +27,12 @@ import time
 from pathlib import Path
 
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils.flop_counter import flop_registry
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.flops import FlopCount  # noqa: E402
 from lightning_memo.callbacks import TrialCallback  # noqa: E402
 from lightning_memo.config import load_config  # noqa: E402
 from lightning_memo.train import build, fit  # noqa: E402
-
-
-class FlopCount(TorchDispatchMode):
-    """FLOPs of the ops ``torch.utils.flop_counter`` knows (matrix products, attention; forward and backward).
-
-    Hand-written because ``FlopCounterMode``'s module tracker hooks autograd and fails on the no-grad
-    acting steps; this keeps only its per-op formulas.
-    """
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.total = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        out = func(*args, **kwargs)
-        count = flop_registry.get(func.overloadpacket)
-        if count is not None:
-            self.total += count(*args, **kwargs, out_val=out)
-        return out
 
 
 class _TrialTimer(TrialCallback):

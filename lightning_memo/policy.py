@@ -70,6 +70,23 @@ def discrete_action_count(env) -> int:
     return int(n)
 
 
+def categorical_action(logits: Tensor, deterministic: bool = False) -> tuple[Tensor, Tensor]:
+    """An action ``[N]`` drawn from ``Categorical(logits=logits [N, A])`` (its mode with ``deterministic``)
+    and its log-probability ``[N]``.
+
+    The same operations, in the same order and from the same RNG draws, as ``dist.sample()`` and
+    ``dist.log_prob(action)`` of that distribution, without building it: at width 64 the distribution
+    object costs as much as the sampling itself, every step (tests/test_policy_sampling.py checks that
+    they agree bit for bit).
+    """
+    log_pmf = logits - logits.logsumexp(-1, keepdim=True)  # Categorical's normalised logits
+    if deterministic:
+        action = logits.argmax(-1)
+    else:
+        action = torch.multinomial(log_pmf.softmax(-1), 1, True).squeeze(-1)
+    return action, log_pmf.gather(-1, action.unsqueeze(-1)).squeeze(-1)
+
+
 @contextmanager
 def evaluating(module: nn.Module) -> Iterator[nn.Module]:
     """``module`` in eval mode inside the block, its previous mode restored after."""
@@ -238,14 +255,15 @@ class MemoPolicy(nn.Module):
         """Encode the observation keys of ``td`` (``[N]`` or ``[N, t]``) -> ``[*td.batch_size, D]``."""
         if isinstance(self.encoder, TensorDictModuleBase):
             return self.encoder(td.copy()).get(EMBED_KEY)
-        missing = [k for k in self.observation_keys if k not in td.keys(True, True)]
-        if missing:
+        obs = [td.get(k, None) for k in self.observation_keys]  # (not a key listing: that costs more, every step)
+        if any(o is None for o in obs):
+            missing = [k for k, o in zip(self.observation_keys, obs) if o is None]
             raise ValueError(
                 f"the tensordict has no {missing}, which the policy reads (observation_keys="
                 f"{self.observation_keys}); it has {sorted(map(str, td.keys(True, True)))}. Is it from the env "
                 "the policy was built for?"
             )
-        return self.encoder(*[td.get(k) for k in self.observation_keys])
+        return self.encoder(*obs)
 
     def heads(self, h: Tensor) -> tuple[Tensor, Tensor]:
         """Memory output ``[*, D]`` -> (logits ``[*, A]``, value ``[*]``)."""
@@ -274,9 +292,8 @@ class MemoPolicy(nn.Module):
         logits, value = self.heads(h)
         if not bool(torch.isfinite(logits).all()):
             raise NonFiniteError(self._non_finite_source(inputs))
-        dist = Categorical(logits=logits.float())
-        action = logits.argmax(-1) if deterministic else dist.sample()
-        out = {ACTION_KEY: action, LOG_PROB_KEY: dist.log_prob(action), VALUE_KEY: value.float()}
+        action, log_prob = categorical_action(logits.float(), deterministic)
+        out = {ACTION_KEY: action, LOG_PROB_KEY: log_prob, VALUE_KEY: value.float()}
         if with_logits:
             out[LOGITS_KEY] = logits.float()
         for key, tensor in out.items():

@@ -11,7 +11,8 @@ Why not ``torchrl.collectors.Collector``: it resets finished envs inside the bat
 (with whatever RNG state the env has), so trial starts can neither be seeded from the trial index
 (needed for an exact resume from a trial-boundary checkpoint, and for distinct seeds per DDP rank) nor
 line up with the memory reset, and the refresh needs to overwrite values of earlier batches it no longer
-holds. The piece it lacks is small: a seeded reset per trial plus ``EnvBase.rollout`` per window.
+holds. The piece it lacks is small: a seeded reset per trial plus ``EnvBase.rollout`` per window
+(written out in :meth:`TrialCollector.collect`, the same steps with less bookkeeping).
 The policy's TorchRL modules still work with ``Collector`` for ordinary use (see the tests).
 """
 
@@ -86,6 +87,13 @@ class TrialCollector:
 
         A trial that ends earlier (``done``, which trial envs set on every row at once: an episodic trial
         whose rows have all ended) stops there: the window is then shorter, and empty once the trial is over.
+
+        The loop is ``EnvBase.rollout(auto_reset=False, break_when_any_done=True)`` written out: the same
+        ``env.step`` and next-state step per step, without the rollout's per-step copy, policy wrapping and
+        done-key walk (at small widths that bookkeeping costs as much as the env itself); it stops at the
+        first ``done`` (trial envs set ``done``, ``terminated`` and ``truncated`` together). The policy acts
+        under ``torch.inference_mode`` (acting builds no graph; what it writes reaches the history through
+        the stacking copy below, so the history holds no inference tensors).
         """
         if self.pending is None:
             raise RuntimeError("call start_trial() before collect().")
@@ -94,16 +102,22 @@ class TrialCollector:
         if self.trial_over:
             return self.history[:, self.t : self.t]
         self._step = self.t
+        # TorchRL's cached step_mdp and its transforms' post-step hooks, as its rollout calls them
+        next_state, hooks = self.env._step_mdp, self.env._post_step_mdp_hooks
+        td, taken = self.pending, []
         with evaluating(self.policy):
-            window = self.env.rollout(
-                steps,
-                self._act,
-                auto_reset=False,
-                tensordict=self.pending,
-                break_when_any_done=True,  # the trial's end (every row's done at once), without a reset
-                return_contiguous=True,
-                trust_policy=True,  # a plain callable td -> td; no wrapping or spec checks
-            )
+            for i in range(steps):
+                td = self.env.step(self._act(td))
+                next_td = next_state(td)
+                if hooks is not None:
+                    td, next_td = hooks(td, next_td)
+                taken.append(td)
+                if i == steps - 1:
+                    break
+                td = next_td
+                if bool(td.get("done").any()):  # the trial's end (every row's done at once), without a reset
+                    break
+        window = torch.stack(taken, dim=1).refine_names(..., "time")  # as rollout names it
         steps = window.shape[1]  # fewer where the trial ended
         self.pending = step_mdp(window[:, -1], exclude_action=True)
         if self._buffer is None:
@@ -116,7 +130,8 @@ class TrialCollector:
         for hook in self.step_hooks:
             hook(self.env, td)
         try:
-            self.policy.act(td, with_logits=False)  # logits are not stored: nothing reads them
+            with torch.inference_mode():
+                self.policy.act(td, with_logits=False)  # logits are not stored: nothing reads them
         except NonFiniteError as err:
             raise NonFiniteError(f"{err} at trial step {self._step}") from None
         self._step += 1

@@ -83,3 +83,55 @@ def test_collect_stops_where_an_episodic_trial_ends():
     assert env_steps(window) == int(lengths.sum()) < window.numel()  # idle rows are no env steps
     assert c.pending["done"].all() and c.history["next", "done"][:, -1].all()
     assert c.collect(5).shape == (4, 0) and c.t == window.shape[1]  # nothing more to collect
+
+
+def _rollout_reference(env, policy, seed, windows):
+    """The trial as ``EnvBase.rollout`` collects it (what ``TrialCollector.collect`` writes out by hand)."""
+    from torchrl.envs.utils import step_mdp
+
+    from lightning_memo.policy import evaluating
+
+    env.set_seed(seed)
+    pending = env.reset()
+    policy.reset(env.batch_size[0])
+    out = []
+    with torch.no_grad(), evaluating(policy):
+        for steps in windows:
+            if pending["done"].all():
+                break
+            w = env.rollout(steps, lambda td: policy.act(td, with_logits=False), auto_reset=False, tensordict=pending,
+                            break_when_any_done=True, return_contiguous=True, trust_policy=True)
+            out.append(w)
+            pending = step_mdp(w[:, -1], exclude_action=True)
+    return torch.cat(out, 1)
+
+
+@pytest.mark.parametrize("episodic", [False, True])
+def test_collect_matches_torchrl_rollout(episodic):
+    """The hand-written step loop of collect gives the trial TorchRL's rollout gives (same actions from
+    the same RNG state, same entries), and the history holds no inference-mode tensors."""
+    if episodic:
+        make_env, trial_len, seed, windows = (lambda: make_trial_env(_episodic_env())), 20, 2, (3, 3, 3, 3)
+    else:
+        make_env, trial_len, seed, windows = (lambda: env_factory(num_envs=3)(0)), TRIAL_LEN, 0, (10, 10, 20)
+    env = make_env()
+    torch.manual_seed(0)
+    policy = tiny_policy(env)
+    state = policy.state_dict()
+    c = TrialCollector(env, policy, trial_len, seed=seed)
+    torch.manual_seed(1)
+    c.start_trial(0)
+    for steps in windows:
+        c.collect(steps)
+    got = c.history
+
+    env = make_env()
+    policy = tiny_policy(env)
+    policy.load_state_dict(state)
+    torch.manual_seed(1)
+    expected = _rollout_reference(env, policy, c.trial_seed(0), windows)
+    assert got.shape == expected.shape and got.names == expected.names
+    assert sorted(map(str, got.keys(True, True))) == sorted(map(str, expected.keys(True, True)))
+    for key in expected.keys(True, True):
+        assert torch.equal(got[key], expected[key]), key
+        assert not got[key].is_inference(), key

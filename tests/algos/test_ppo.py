@@ -212,6 +212,29 @@ def test_window_only_training_runs(memory):
         assert torch.isfinite(trainer.callback_metrics[key]), key
 
 
+@pytest.mark.parametrize("memory", ["memo", "fct"])
+def test_window_only_updates_reuse_the_refresh_cache(memory):
+    """prefix_gradients=false: a partial update takes the cache the refresh after the previous update built
+    (the same pass over the same prefix under the same weights) instead of encoding the prefix again, and
+    trains exactly as with a fresh encode_prefix: the same losses and weights."""
+
+    def train(reuse: bool):
+        module = tiny_module(memory, num_trials=2, prefix_gradients=False)
+        module.reuse_refreshed_prefix = reuse
+        encoded, stats = [], []
+        encode_prefix, update = module.policy.encode_prefix, module.update
+        module.policy.encode_prefix = lambda td: (encoded.append(td.shape[1]), encode_prefix(td))[1]
+        module.update = lambda *a, **k: (stats.append(update(*a, **k)), stats[-1])[1]
+        tiny_trainer(max_epochs=2).fit(module)
+        return encoded, stats, module.policy.state_dict()
+
+    (fresh_encoded, fresh_stats, fresh_weights), (encoded, stats, weights) = train(False), train(True)
+    assert fresh_encoded == [10, 20] * 2 and encoded == []  # update_every=10, trial_len=40: the last update is full
+    assert stats == fresh_stats
+    for key, value in fresh_weights.items():
+        assert torch.equal(weights[key], value), key
+
+
 def test_window_only_updates_refuse_memories_that_cannot_continue_a_past():
     from lightning_memo.config import load_config
     from lightning_memo.nn.memoryless import MemorylessConfig

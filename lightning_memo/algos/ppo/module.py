@@ -41,6 +41,7 @@ from torchrl.envs import EnvBase
 from lightning_memo.algos.base import EnvSource, TrialModule, require
 from lightning_memo.algos.ppo.losses import clipped_policy_loss, explained_variance, masked_mean, trial_gae, value_loss
 from lightning_memo.callbacks import CacheRefresh
+from lightning_memo.nn.base import Cache
 from lightning_memo.policy import ACTION_KEY, LOG_PROB_KEY, VALUE_KEY, MemoPolicy, discrete_action_count, flag
 from lightning_memo.rollout import env_attribute
 
@@ -177,6 +178,9 @@ class MemoPPO(TrialModule):
         super().__init__(policy, env, cfg.trial_len, cfg.num_trials, seed)
         self.automatic_optimization = False
         self.cfg = cfg
+        # prefix_gradients=false: the cache the last refresh built, kept for the next partial update's prefix
+        self.reuse_refreshed_prefix = True
+        self._refreshed_prefix: tuple[tuple[int, int, int], Cache] | None = None
 
     def check_env(self, env: EnvBase) -> None:
         check_env_policy(env, self.policy, self.cfg)
@@ -187,7 +191,9 @@ class MemoPPO(TrialModule):
 
     def configure_optimizers(self):
         cfg = self.cfg
-        opt = torch.optim.Adam(self.policy.parameters(), lr=cfg.lr, eps=cfg.adam_eps)
+        # foreach: one multi-tensor kernel per Adam op instead of a loop over the parameters (the same
+        # arithmetic; torch picks it by default on GPUs only)
+        opt = torch.optim.Adam(self.policy.parameters(), lr=cfg.lr, eps=cfg.adam_eps, foreach=True)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, self.lr_multiplier)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
@@ -263,7 +269,9 @@ class MemoPPO(TrialModule):
         # 2. prefix_gradients=false: the prefix once, without gradients; the forwards then cover the window only
         past = None
         if not cfg.prefix_gradients and window_start > 0:
-            past = policy.encode_prefix(history[:, :window_start])
+            past = self._take_refreshed_prefix(window_start)
+            if past is None:
+                past = policy.encode_prefix(history[:, :window_start])
             history, actions, old_log_prob, values, advantages, returns, window = (
                 x[:, window_start:] for x in (history, actions, old_log_prob, values, advantages, returns, window)
             )
@@ -311,6 +319,26 @@ class MemoPPO(TrialModule):
         stats["explained_variance"] = float(explained_variance(values, returns, window))
         stats["lr"] = sched.get_last_lr()[0]
         return stats
+
+    @torch.no_grad()
+    def refresh_cache(self, shuffle_episodes: bool = False, refresh_log_probs: bool = False) -> None:
+        """:meth:`TrialModule.refresh_cache`; with ``prefix_gradients=false`` it also keeps a copy of the
+        cache it built, which is ``policy.encode_prefix(history)`` (the same eval pass over the same steps
+        under the same encoder and memory weights), for the next partial update's prefix."""
+        super().refresh_cache(shuffle_episodes=shuffle_episodes, refresh_log_probs=refresh_log_probs)
+        self._refreshed_prefix = None
+        if not self.cfg.prefix_gradients and not shuffle_episodes and self.reuse_refreshed_prefix:
+            self._refreshed_prefix = (self._prefix_tag(self.collector.t), self.policy.memory.cache_state())
+
+    def _prefix_tag(self, t: int) -> tuple[int, int, int]:
+        """(trial, prefix length, optimiser steps): a kept cache is valid for a prefix with the same tag
+        (same steps, no weight change since; PopArt rescales only the critic head, which no cache holds)."""
+        return self.trial_index, t, self.trainer.global_step
+
+    def _take_refreshed_prefix(self, t: int) -> Cache | None:
+        """The kept refresh cache if it encodes the prefix ``[0, t)`` under the current weights (used once)."""
+        kept, self._refreshed_prefix = self._refreshed_prefix, None
+        return kept[1] if kept is not None and kept[0] == self._prefix_tag(t) else None
 
     def _check_gradients(self, t: int) -> None:
         """Stop on a NaN/inf gradient, naming the first parameter that has one (before clipping, which
