@@ -92,14 +92,16 @@ def held_shape(memory: SequenceMemory, H: int) -> tuple[int, int, int]:
 
 def filled_cache(memory: SequenceMemory, H: int, batch: int, dtype: torch.dtype, device: str, spare: int) -> object:
     """A cache in the state of step H with random contents (see the module doc); storage: what is held
-    plus ``spare`` slots, so that no timed step regrows it."""
+    plus ``spare`` slots and, for a segment memory, its summary queries, so that no timed step (a summary
+    write included) regrows it."""
     cache = memory.new_cache(batch)
     if not isinstance(cache, KVCache):
         return cache  # GRU: a fixed-size state
     m, n, offset = held_shape(memory, H)
     cfg = memory.config
     like = torch.empty(0, dtype=dtype, device=device)
-    cache.reserve(m + n + spare, like)
+    queries = cfg.summary_len if isinstance(memory, MemoMemory) else 0
+    cache.reserve(m + n + spare + queries, like)
     rows = torch.arange(batch, device=device)
     for layer in range(cfg.n_layers):
         kv = torch.randn(2, batch, cfg.n_heads, m + n, cfg.d_model // cfg.n_heads, dtype=dtype, device=device)

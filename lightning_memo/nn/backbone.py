@@ -480,6 +480,8 @@ class CacheKV:
     same causal band in every row; :func:`attend` builds its mask a query chunk at a time)."""
 
     def __init__(self, cache: KVCache, n: int, rows: Tensor | None, window: int | None) -> None:
+        if rows is not None and rows.numel() == cache.batch_size and bool((rows == torch.arange(rows.numel(), device=rows.device)).all()):
+            rows = None  # every row in order (e.g. all summarise at once): no gathered copy of the cache
         lengths = cache.lengths if rows is None else cache.lengths[rows]
         self.cache, self.rows = cache, rows
         shortest, longest = torch.stack(torch.aminmax(lengths)).tolist()

@@ -22,12 +22,14 @@ VARIANTS = {
 
 
 class LargestTensor(TorchDispatchMode):
-    """The most elements of any tensor an op returns while active."""
+    """The most elements of any new tensor an op returns while active (views of existing ones are free)."""
 
     numel = 0
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
+        if func.is_view:
+            return out
         for t in tree_flatten(out)[0]:
             if isinstance(t, torch.Tensor):
                 self.numel = max(self.numel, t.numel())
@@ -107,3 +109,20 @@ def test_segment_memory_refresh_peak_grows_with_what_it_builds(variant):
     grown = built + long["outputs"] - short["outputs"]
     assert long["refresh"] - short["refresh"] <= 1.5 * grown, (short, long)
 
+
+
+def test_a_lockstep_summary_write_reads_the_cache_in_place():
+    """When every row summarises at the same step (a lockstep rollout) the queries read the cache through
+    slices: no op returns a copy of the keys/values they read (picking all rows by index copied them)."""
+    torch.manual_seed(0)
+    # a cap the memory never reaches: the cache reserves its bound once (no regrowth or trim in the step)
+    memory = make_memory("memo", d_model=16, n_heads=2, n_layers=1, segment_len=8, summary_len=2, max_memory_tokens=64)
+    x = torch.randn(4, 80, 16)
+    cache = memory.eval().new_cache(4)
+    for t in range(79):  # the next step ends the 10th segment in every row
+        memory.step(x[:, t], cache=cache)
+    with LargestTensor() as largest:
+        memory.step(x[:, 79], cache=cache)
+    assert cache.tokens().tolist() == [20] * 4 and cache.capacity == 64 + 8 + 2
+    read = 2 * 4 * 2 * (18 + 8 + 2) * 8  # K and V, 4 rows, 2 heads, memory + segment + queries, head width 8
+    assert largest.numel < read / 2, (largest.numel, read)
