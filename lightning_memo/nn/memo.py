@@ -393,14 +393,13 @@ class MemoMemory(SequenceMemory):
             rows = (done_chunks == i).nonzero().squeeze(1)
             if not rows.numel():
                 return
-            m, held = memory.length, int(in_segment[rows].max())
+            m, held, trials = memory.length, int(in_segment[rows].max()), last[rows]
             for layer in range(cfg.n_layers):
                 segment = None if chunk_kv is None or not held else [kv[:, :, :held] for kv in chunk_kv[layer]]
                 if direct:  # the memory is in place: add the segment in progress after it
                     if segment is not None:
                         cache.write(layer, m, *segment)
                     continue
-                trials = last[rows]
                 parts = [kv for kv in (record.held(layer, 0, m) if m else None, segment) if kv is not None]
                 if parts:
                     cache.fill(rows, layer, *(torch.cat([p[j][trials] for p in parts], 2) for j in (0, 1)))
@@ -409,9 +408,9 @@ class MemoMemory(SequenceMemory):
             cache.counters["memory"][rows] = m
             cache.counters["segments"][rows] = i
 
-        start = SegmentPast(CachedMemoryKV(record), None, 0, 0)
+        empty = SegmentPast(CachedMemoryKV(record), None, 0, 0)
         ends_mid_segment = frozenset(done_chunks[in_segment > 0].tolist())  # the chunks whose K/V a row keeps
-        self._run_chunks(x, L, skip=None, hook=capture, final_summary=True, past=start, hook_kv=ends_mid_segment)
+        self._run_chunks(x, L, skip=None, hook=capture, final_summary=True, past=empty, hook_kv=ends_mid_segment)
         return out
 
 
