@@ -5,6 +5,7 @@
     python benchmarks/bench_training.py --learning 400      # + the learning curves (Memo vs. memoryless)
     python benchmarks/bench_training.py --d-model 256 --layers 4 --heads 8   # the paper's model size
     python benchmarks/bench_training.py --prefix-gradients true   # only the default (gradients through the prefix)
+    python benchmarks/bench_training.py --memories memo --phases  # + where a trial goes (time and aten ops per phase)
 
 Each memory runs with ``ppo.prefix_gradients`` true (the default: every forward re-encodes the prefix with
 gradients) and false (the prefix encoded once per update, the forwards over the window only), one after the
@@ -35,17 +36,50 @@ from lightning_memo.config import load_config  # noqa: E402
 from lightning_memo.train import build, fit  # noqa: E402
 
 
+PHASES = ("acting", "env steps", "collection, other", "partial updates", "last update", "refresh", "other")
+
+
 class _TrialTimer(TrialCallback):
-    """Wall time of each trial (training_step), the cache size at its end, and the FLOPs of the first."""
+    """Wall time of each trial (training_step), the cache size at its end, the FLOPs of the first, and
+    where a trial goes: seconds per phase over the timed trials, aten ops per phase in the first."""
 
     def __init__(self) -> None:
         self.times: list[float] = []
         self.cache_bytes: list[float] = []
         self.flops = 0
         self._counter: FlopCount | None = None
+        self.seconds = dict.fromkeys(PHASES, 0.0)  # summed over the timed trials
+        self.ops = dict.fromkeys(PHASES, 0)  # the warm-up trial's
+
+    def _time(self, owner, name: str, phase) -> None:
+        """Wrap ``owner.name`` (an instance attribute shadows the method) to add its time and ops to a phase
+        (``phase``: a name, or a function of the call's arguments giving one)."""
+        method = getattr(owner, name)
+
+        def timed(*args, **kwargs):
+            label = phase(*args, **kwargs) if callable(phase) else phase
+            ops, start = self._counter.ops if self._counter else 0, time.perf_counter()
+            try:
+                return method(*args, **kwargs)
+            finally:
+                if self._counter is not None:
+                    self.ops[label] += self._counter.ops - ops
+                elif self.times:
+                    self.seconds[label] += time.perf_counter() - start
+
+        setattr(owner, name, timed)
+
+    def _install(self, pl_module) -> None:
+        collector = pl_module.collector
+        self._time(collector, "_act", "acting")
+        self._time(collector.env, "step", "env steps")
+        self._time(pl_module, "collect", "collection, other")  # minus acting and env steps (below)
+        self._time(pl_module, "update", lambda window_start, bootstrap=True: "partial updates" if bootstrap else "last update")
+        self._time(pl_module, "refresh_cache", "refresh")
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         if not self.times:  # the warm-up trial: count its FLOPs (the counter slows it; it is not timed)
+            self._install(pl_module)
             self._counter = FlopCount()
             self._counter.__enter__()
         self._t0 = time.perf_counter()
@@ -54,10 +88,22 @@ class _TrialTimer(TrialCallback):
         self.cache_bytes.append(pl_module.policy.memory.cache_nbytes() / collector.num_envs)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        self.times.append(time.perf_counter() - self._t0)
+        elapsed = time.perf_counter() - self._t0
         if self._counter is not None:
             self._counter.__exit__(None, None, None)
-            self.flops, self._counter = self._counter.total, None
+            self.flops, self.ops["other"], self._counter = self._counter.total, self._counter.ops, None
+        else:
+            self.seconds["other"] += elapsed
+        self.times.append(elapsed)
+
+    def breakdown(self) -> dict[str, tuple[float, int]]:
+        """Phase -> (seconds per timed trial, aten ops in the warm-up trial); the phases add up to the trial."""
+        seconds, ops = dict(self.seconds), dict(self.ops)
+        for table in (seconds, ops):  # collect's own share excludes the acting and env steps inside it
+            table["collection, other"] -= table["acting"] + table["env steps"]
+            table["other"] -= sum(v for k, v in table.items() if k != "other")
+        trials = max(1, len(self.times) - 1)
+        return {k: (seconds[k] / trials, ops[k]) for k in PHASES}
 
 
 def matmul_rate(repeats: int = 5) -> float:
@@ -102,7 +148,22 @@ def bench(memory: str, prefix_gradients: bool, args: argparse.Namespace, log_dir
         "steps_per_s": steps * len(timed) / sum(timed),
         "s_per_trial": sum(timed) / len(timed),
         "cache_kib": timer.cache_bytes[-1] / 1024,
+        "phases": timer.breakdown(),
     }
+
+
+def print_phases(rows: list[dict]) -> None:
+    """Seconds per trial and aten ops per phase, and the time per op: where a trial goes."""
+    print("\nWhere a trial goes: seconds per timed trial; aten ops (views and casts included, forward and backward) "
+          "counted in the warm-up trial; microseconds per op")
+    print("| memory | prefix_gradients | phase | s/trial | share | aten ops | us/op |")
+    print("|---|---|---|---|---|---|---|")
+    for r in rows:
+        total = sum(sec for sec, _ in r["phases"].values())
+        for phase, (sec, ops) in r["phases"].items():
+            per_op = f"{sec / ops * 1e6:.1f}" if ops > 0 else "-"
+            print(f"| {r['memory']} | {str(r['prefix_gradients']).lower()} | {phase} | {sec:.3f} | {sec / total:.0%} | "
+                  f"{ops:,} | {per_op} |")
 
 
 def learning_curves(trials: int, log_dir: str, every: int = 25) -> None:
@@ -135,6 +196,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--prefix-gradients", choices=("true", "false", "both"), default="both",
                         help="ppo.prefix_gradients of the runs (both: each memory with true, then false)")
+    parser.add_argument("--phases", action="store_true", help="also print where a trial goes (time and aten ops per phase)")
     parser.add_argument("--learning", type=int, default=0, help="also run the learning curves for this many trials")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -153,6 +215,8 @@ def main() -> None:
             print(f"| {r['memory']} | {str(r['prefix_gradients']).lower()} | {r['params']:,} | {r['steps_per_s']:.0f} | "
                   f"{ratio} | {r['s_per_trial']:.2f} | {r['cache_kib']:.1f} | {r['gflops_per_s']:.2f} | "
                   f"{r['matmul_gflops_per_s']:.1f} | {r['gflops_per_s'] / r['matmul_gflops_per_s']:.1%} |")
+        if args.phases:
+            print_phases(rows)
         if args.learning:
             learning_curves(args.learning, log_dir)
 

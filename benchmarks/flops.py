@@ -47,7 +47,7 @@ FLOP_FORMULAS = {
 
 class FlopCount(TorchDispatchMode):
     """FLOPs of the ops in ``FLOP_FORMULAS`` run while active (matrix products and attention, forward and
-    backward): ``with FlopCount() as count: ...; count.total``.
+    backward): ``with FlopCount() as count: ...; count.total``; ``count.ops`` counts every aten op.
 
     Hand-written because ``FlopCounterMode``'s module tracker hooks autograd and fails on the no-grad
     acting steps; this keeps only the per-op formulas.
@@ -56,10 +56,12 @@ class FlopCount(TorchDispatchMode):
     def __init__(self) -> None:
         super().__init__()
         self.total = 0
+        self.ops = 0  # every aten op dispatched (views and no-op casts included), forward and backward
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         out = func(*args, **kwargs)
+        self.ops += 1
         formula = FLOP_FORMULAS.get(func.overloadpacket)
         if formula is not None:
             self.total += formula(*args, **kwargs, out_val=out)
