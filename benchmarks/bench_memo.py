@@ -16,11 +16,13 @@ and would swamp the comparison, so the script flushes them to zero (``torch.set_
 
     python benchmarks/bench_memo.py            # the reference run
     python benchmarks/bench_memo.py --quick    # a small smoke run
+    python benchmarks/bench_memo.py --device cuda --batch 16    # on a GPU (bfloat16 autocast by default there)
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
 import sys
 import time
@@ -35,12 +37,16 @@ from lightning_memo.nn import FullContextMemory, MemoMemory  # noqa: E402
 from tests.nn.naive_memo import naive_memo_sequence  # noqa: E402
 
 
-def timed(fn, repeats: int) -> float:
+def timed(fn, repeats: int, device: torch.device) -> float:
+    """Median wall time of ``fn()`` over ``repeats`` calls after a warm-up, waiting for the device."""
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     fn()  # warm-up
     times = []
     for _ in range(repeats):
+        sync()
         start = time.perf_counter()
         fn()
+        sync()
         times.append(time.perf_counter() - start)
     return statistics.median(times)
 
@@ -65,8 +71,15 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1, help="CPU intra-op threads (1: steadiest on a shared box)")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--precision", choices=["32", "bf16-mixed"], default=None, help="default: bf16-mixed on cuda, else 32")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    precision = args.precision or ("bf16-mixed" if device.type == "cuda" else "32")
+    autocast = (
+        (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if precision == "bf16-mixed" else contextlib.nullcontext
+    )
     size = dict(d_model=256, n_layers=4, n_heads=8, mlp_ratio=4.0, segment_len=256, summary_len=32)
     horizons = (4096, 4096 + 255, 32000, 32000 + 255)
     if args.quick:
@@ -74,24 +87,25 @@ def main() -> None:
         args.steps, horizons = 512, (512, 512 + 63, 4032, 4032 + 63)
     torch.manual_seed(0)
     torch.set_flush_denormal(True)
-    memo = MemoMemory(**size).eval()  # eval: fixed l_seg so both paths do the same work
-    x = torch.randn(args.batch, args.steps, size["d_model"])
+    memo = MemoMemory(**size).to(device).eval()  # eval: fixed l_seg so both paths do the same work
+    x = torch.randn(args.batch, args.steps, size["d_model"], device=device)
     seg, summ = size["segment_len"], size["summary_len"]
 
     fct_size = {k: v for k, v in size.items() if k not in ("segment_len", "summary_len")}
-    fct = FullContextMemory(**fct_size).eval()
+    fct = FullContextMemory(**fct_size).to(device).eval()
 
     def fwd_bwd(path):
         def run():
             model = fct if path == "fct" else memo
             model.zero_grad(set_to_none=True)
-            if path == "cached":
-                out = memo.forward_sequence(x, segment_len=seg)
-            elif path == "naive":
-                out = naive_memo_sequence(memo, x, seg)
-            else:
-                out = fct.forward_sequence(x)
-            out.square().mean().backward()
+            with autocast():
+                if path == "cached":
+                    out = memo.forward_sequence(x, segment_len=seg)
+                elif path == "naive":
+                    out = naive_memo_sequence(memo, x, seg)
+                else:
+                    out = fct.forward_sequence(x)
+            out.float().square().mean().backward()
 
         return run
 
@@ -100,8 +114,8 @@ def main() -> None:
             fn()
         return counter.total
 
-    print(f"Memo sequence mode, forward+backward, B={args.batch}, T={args.steps}, size={size}, "
-          f"{torch.get_num_threads()} torch thread(s), float32, torch {torch.__version__}")
+    print(f"Memo sequence mode, forward+backward, B={args.batch}, T={args.steps}, size={size}, {device}, "
+          f"{torch.get_num_threads()} torch thread(s), precision {precision}, torch {torch.__version__}")
     print("FLOPs counted with torch.utils.flop_counter's formulas plus the CPU attention kernel's (benchmarks/flops.py;")
     print("matrix products and attention, forward and backward; a causal call counts the pairs it computes);")
     print("'x fct time' / 'x fct flops': FCT's value over this path's (the speed-up, and the speed-up the FLOPs allow)")
@@ -109,24 +123,26 @@ def main() -> None:
     for path in ("cached", "naive", "fct"):
         run = fwd_bwd(path)
         rows.append((path, tokens_through_layers(args.steps, seg, summ, path == "naive") if path != "fct" else args.steps,
-                     flops(run), timed(run, args.repeats)))
+                     flops(run), timed(run, args.repeats, device)))
     naive_time, (_, _, fct_flops, fct_time) = rows[1][3], rows[2]
     print(f"{'path':<8} {'tokens':>8} {'GFLOP':>8} {'seconds':>9} {'GFLOP/s':>8} {'x naive':>8} {'x fct time':>10} "
           f"{'x fct flops':>11}")
     for path, tokens, n_flops, seconds in rows:
         print(f"{path:<8} {tokens:>8} {n_flops / 1e9:>8.1f} {seconds:>9.3f} {n_flops / seconds / 1e9:>8.1f} "
               f"{naive_time / seconds:>7.2f}x {fct_time / seconds:>9.2f}x {fct_flops / n_flops:>10.2f}x")
-    a = torch.randn(1024, 1024)
-    matmul = timed(lambda: a @ a, 5)
-    print(f"matrix product rate (1024^3, same run): {2 * 1024**3 / matmul / 1e9:.1f} GFLOP/s")
+    side = 1024 if device.type == "cpu" else 8192  # large enough to reach a GPU's rate
+    a = torch.randn(side, side, device=device, dtype=torch.bfloat16 if precision == "bf16-mixed" else torch.float32)
+    matmul = timed(lambda: a @ a, 5, device)
+    print(f"matrix product rate ({side}^3, {a.dtype}, same run): {2 * side**3 / matmul / 1e9:.1f} GFLOP/s")
 
-    print("\nStep-mode cache per row (float32), Memo vs a full-context cache of t tokens")
-    per_token = 2 * size["n_layers"] * size["d_model"] * 4
+    element = 2 if precision == "bf16-mixed" else 4  # the cache holds the dtype of the keys written
+    print(f"\nStep-mode cache per row ({'bfloat16' if element == 2 else 'float32'}), Memo vs a full-context cache of t tokens")
+    per_token = 2 * size["n_layers"] * size["d_model"] * element
     print(f"{'steps':>7} {'memo tokens':>12} {'memo MiB':>9} {'alloc MiB':>10} {'full MiB':>9} {'held ratio':>10} "
           f"{'alloc ratio':>11}")
-    with torch.no_grad():
+    with torch.no_grad(), autocast():
         for t in horizons:
-            memo.refresh(torch.randn(1, t, size["d_model"]))
+            memo.refresh(torch.randn(1, t, size["d_model"], device=device))
             tokens = int(memo.memory_tokens()[0])
             memo_bytes, alloc, full_bytes = memo.cache_nbytes(), memo.cache_allocated_nbytes(), t * per_token
             assert tokens == summ * (t // seg) + t % seg

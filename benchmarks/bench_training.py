@@ -6,6 +6,7 @@
     python benchmarks/bench_training.py --d-model 256 --layers 4 --heads 8   # the paper's model size
     python benchmarks/bench_training.py --prefix-gradients true   # only the default (gradients through the prefix)
     python benchmarks/bench_training.py --memories memo --phases  # + where a trial goes (time and aten ops per phase)
+    python benchmarks/bench_training.py --device cuda --d-model 256 --layers 4 --heads 8   # on a GPU, bf16-mixed
 
 Each memory runs with ``ppo.prefix_gradients`` true (the default: every forward re-encodes the prefix with
 gradients) and false (the prefix encoded once per update, the forwards over the window only), one after the
@@ -43,7 +44,8 @@ class _TrialTimer(TrialCallback):
     """Wall time of each trial (training_step), the cache size at its end, the FLOPs of the first, and
     where a trial goes: seconds per phase over the timed trials, aten ops per phase in the first."""
 
-    def __init__(self) -> None:
+    def __init__(self, cuda: bool = False) -> None:
+        self.sync = torch.cuda.synchronize if cuda else (lambda: None)  # CUDA runs asynchronously
         self.times: list[float] = []
         self.cache_bytes: list[float] = []
         self.flops = 0
@@ -58,10 +60,12 @@ class _TrialTimer(TrialCallback):
 
         def timed(*args, **kwargs):
             label = phase(*args, **kwargs) if callable(phase) else phase
+            self.sync()
             ops, start = self._counter.ops if self._counter else 0, time.perf_counter()
             try:
                 return method(*args, **kwargs)
             finally:
+                self.sync()
                 if self._counter is not None:
                     self.ops[label] += self._counter.ops - ops
                 elif self.times:
@@ -82,12 +86,14 @@ class _TrialTimer(TrialCallback):
             self._install(pl_module)
             self._counter = FlopCount()
             self._counter.__enter__()
+        self.sync()
         self._t0 = time.perf_counter()
 
     def on_trial_end(self, trainer, pl_module, collector) -> None:
         self.cache_bytes.append(pl_module.policy.memory.cache_nbytes() / collector.num_envs)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.sync()
         elapsed = time.perf_counter() - self._t0
         if self._counter is not None:
             self._counter.__exit__(None, None, None)
@@ -106,16 +112,22 @@ class _TrialTimer(TrialCallback):
         return {k: (seconds[k] / trials, ops[k]) for k in PHASES}
 
 
-def matmul_rate(repeats: int = 5) -> float:
-    """FLOP/s of a 1024^3 float32 matrix product on this machine now (best of ``repeats``)."""
-    a = torch.randn(1024, 1024)
+def matmul_rate(device: str = "cpu", dtype: torch.dtype = torch.float32, repeats: int = 5) -> float:
+    """FLOP/s of a square matrix product on ``device`` now (best of ``repeats``): 1024^3 on a CPU, 8192^3 on a
+    GPU (large enough to reach its rate), in ``dtype`` (bfloat16 for bf16-mixed runs)."""
+    cuda = device.startswith("cuda")
+    side = 8192 if cuda else 1024
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    a = torch.randn(side, side, device=device, dtype=dtype)
     a @ a
     best = float("inf")
     for _ in range(repeats):
+        sync()
         start = time.perf_counter()
         a @ a
+        sync()
         best = min(best, time.perf_counter() - start)
-    return 2 * 1024**3 / best
+    return 2 * side**3 / best
 
 
 def bench(memory: str, prefix_gradients: bool, args: argparse.Namespace, log_dir: str) -> dict:
@@ -131,14 +143,18 @@ def bench(memory: str, prefix_gradients: bool, args: argparse.Namespace, log_dir
         overrides.append(f"memories.{memory}.n_layers={args.layers}")
     if memory in ("memo", "ac", "rmt", "fct") and args.heads is not None:
         overrides.append(f"memories.{memory}.n_heads={args.heads}")
+    cuda = args.device.startswith("cuda")
+    if cuda:  # the env stays on the CPU; Lightning moves the policy and runs the trial under its precision
+        overrides += ["trainer.accelerator=gpu", "trainer.devices=1"]
+    overrides.append(f"trainer.precision={args.precision}")
     cfg = load_config("dark_key_to_door", overrides)
-    timer = _TrialTimer()
+    timer = _TrialTimer(cuda)
     run = build(cfg, [timer])
     fit(run)
     policy = run.module.policy
     timed = timer.times[1:]  # the first trial warms up
     steps = cfg.env.num_envs * cfg.env.trial_len
-    rate = matmul_rate()
+    rate = matmul_rate(args.device, torch.bfloat16 if args.precision == "bf16-mixed" else torch.float32)
     return {
         "gflops_per_s": timer.flops / (sum(timed) / len(timed)) / 1e9,
         "matmul_gflops_per_s": rate / 1e9,
@@ -194,18 +210,21 @@ def main() -> None:
     parser.add_argument("--segment-len", type=int, default=50)
     parser.add_argument("--summary-len", type=int, default=8)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (the policy; the env stays on the CPU)")
+    parser.add_argument("--precision", choices=["32", "bf16-mixed"], default=None, help="default: bf16-mixed on cuda, else 32")
     parser.add_argument("--prefix-gradients", choices=("true", "false", "both"), default="both",
                         help="ppo.prefix_gradients of the runs (both: each memory with true, then false)")
     parser.add_argument("--phases", action="store_true", help="also print where a trial goes (time and aten ops per phase)")
     parser.add_argument("--learning", type=int, default=0, help="also run the learning curves for this many trials")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    args.precision = args.precision or ("bf16-mixed" if args.device.startswith("cuda") else "32")
     settings = {"true": [True], "false": [False], "both": [True, False]}[args.prefix_gradients]
     with tempfile.TemporaryDirectory() as log_dir:
         rows = [bench(m, pg, args, log_dir) for m in args.memories for pg in settings]
         print(f"\nFull PPO loop on Dark-Key-To-Door 9x9/50/500, {args.num_envs} envs, d_model={args.d_model}, "
               f"layers={args.layers or 'config'}, heads={args.heads or 'config'}, U={args.update_every}, "
-              f"torch threads={torch.get_num_threads()}, {torch.__version__}, CPU")
+              f"torch threads={torch.get_num_threads()}, {torch.__version__}, {args.device}, precision {args.precision}")
         print("| memory | prefix_gradients | params | env steps/s | vs. true | s/trial | cache KiB/env at trial end "
               "| GFLOP/s | matmul GFLOP/s | of FLOP bound |")
         print("|---|---|---|---|---|---|---|---|---|---|")

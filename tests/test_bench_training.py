@@ -8,7 +8,8 @@ from benchmarks import bench_training
 
 def test_the_phases_of_a_trial_split_it_without_overlap(tmp_path):
     args = argparse.Namespace(
-        d_model=16, num_envs=2, update_every=100, trials=1, segment_len=50, summary_len=8, layers=None, heads=None
+        d_model=16, num_envs=2, update_every=100, trials=1, segment_len=50, summary_len=8, layers=None, heads=None,
+        device="cpu", precision="32",
     )
     row = bench_training.bench("memo", False, args, str(tmp_path))
     phases = row["phases"]

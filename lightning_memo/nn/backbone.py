@@ -276,7 +276,11 @@ class Transformer(nn.Module):
     ) -> Tensor | None:
         """Run the stack. With ``kv_only`` the last block only hands its keys/values to ``kv``
         (for tokens whose outputs are never read, e.g. memory tokens) and ``None`` is returned."""
-        rope = rope_tables(pos, self.cfg.d_model // self.cfg.n_heads, self.cfg.rope_base, x.dtype)
+        # the tables in the dtype the projections come out in (autocast's, e.g. bfloat16), so rotated keys
+        # keep it: caches then hold that dtype, not float32 that attention would cast down on every read
+        device = x.device.type
+        dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else x.dtype
+        rope = rope_tables(pos, self.cfg.d_model // self.cfg.n_heads, self.cfg.rope_base, dtype)
         h = x
         last = len(self.blocks) - 1
         for i, block in enumerate(self.blocks):

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
 from torch import Tensor, nn
-from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 from torchrl.modules import GRUModule, LSTMModule
 
 from lightning_memo.nn.backbone import positive
@@ -63,26 +64,37 @@ class _RecurrentMemory(SequenceMemory):
         zeros = self.rnn.weight_ih_l0.new_zeros(self.config.n_layers, batch_size, self.config.d_model)
         return StateCache(batch_size, (zeros, zeros.clone()) if isinstance(self.rnn, nn.LSTM) else (zeros,))
 
+    def _in_dtype(self, x: Tensor) -> Tensor:
+        """``x`` in the RNN's dtype (an autocast encoder hands over bfloat16)."""
+        return x.to(self.rnn.weight_ih_l0.dtype)
+
+    def _run(self, x: Tensor | PackedSequence, state=None):
+        """The RNN in its own dtype (float32) even under autocast (``bf16-mixed``): an autocast recurrence
+        would meet a bfloat16 input with a float32 state, and a bfloat16 state would round at every step of
+        a long trial; the recurrent baselines are cheap enough to run in full precision."""
+        with torch.autocast(self.rnn.weight_ih_l0.device.type, enabled=False):
+            return self.rnn(x, state) if state is not None else self.rnn(x)
+
     def _sequence(self, x: Tensor, segment_len: int | None, episode_start: Tensor | None) -> Tensor:
         self._no_segment_len(segment_len)
-        return self.rnn(x)[0]
+        return self._run(self._in_dtype(x))[0]
 
     def _sequence_from(
         self, x: Tensor, past: StateCache, segment_len: int | None, episode_start: Tensor | None
     ) -> Tensor:
         self._no_segment_len(segment_len)
-        return self.rnn(x, _rnn_state(tuple(s.detach() for s in past.states)))[0]
+        return self._run(self._in_dtype(x), _rnn_state(tuple(s.detach() for s in past.states)))[0]
 
     def _step(self, x: Tensor, cache: StateCache, episode_start: Tensor | None) -> Tensor:
-        out, state = self.rnn(x[:, None], _rnn_state(cache.states))
+        out, state = self._run(self._in_dtype(x[:, None]), _rnn_state(cache.states))
         cache.states = tuple(state) if isinstance(state, tuple) else (state,)
         return out[:, 0]
 
     def _refresh(
         self, x: Tensor, lengths: Tensor, episode_start: Tensor | None, last: Tensor, cache: StateCache, outputs: bool
     ) -> Tensor | None:
-        packed = pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
-        out, state = self.rnn(packed)
+        packed = pack_padded_sequence(self._in_dtype(x), lengths.cpu(), batch_first=True, enforce_sorted=False)
+        out, state = self._run(packed)
         state = tuple(state) if isinstance(state, tuple) else (state,)
         cache.states = tuple(s[:, last] for s in state)  # h_n at each trial's own length
         return pad_packed_sequence(out, batch_first=True, total_length=x.shape[1])[0] if outputs else None
