@@ -97,8 +97,9 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: Tensor) -> Tensor:
-        """``x * rsqrt(mean(x^2) + eps) * weight`` over the last dimension (one fused kernel)."""
-        return F.rms_norm(x, self.weight.shape, self.weight, self.eps)
+        """``x * rsqrt(mean(x^2) + eps) * weight`` over the last dimension (one fused kernel; under autocast
+        the weight is cast to ``x``'s bfloat16, as the fused kernel needs one dtype)."""
+        return F.rms_norm(x, self.weight.shape, self.weight.to(x.dtype), self.eps)
 
 
 # ------------------------------------------------------------------------------------------ RoPE
