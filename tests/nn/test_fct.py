@@ -134,6 +134,30 @@ def test_banded_attention_equals_the_dense_mask(window, lead):
         torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("keys", [255, 256, 700])
+def test_one_query_attention_by_products_equals_the_kernel(keys):
+    """One query per row over many keys (a step on a long CPU cache) is attended with matrix products
+    instead of the kernel: the same function, on a strided slice of a cache as a step reads it."""
+    from lightning_memo.nn.backbone import ONE_QUERY_PRODUCTS_MIN_KEYS, attend
+
+    torch.manual_seed(0)
+    storage = torch.randn(2, 3, 2, keys + 9, 4, dtype=torch.float64)  # spare slots, as a cache has
+    q = torch.randn(3, 2, 1, 4, dtype=torch.float64)
+    k, v = storage[0, :, :, :keys], storage[1, :, :, :keys]
+    expected = torch.nn.functional.scaled_dot_product_attention(q, k, v)
+    torch.testing.assert_close(attend(q, k, v, None), expected, rtol=0, atol=1e-14)
+    assert ONE_QUERY_PRODUCTS_MIN_KEYS <= 700  # the last case takes the products
+
+
+def test_steps_past_the_products_threshold_equal_the_sequence():
+    """FCT's steps attend by products once the cache holds enough keys; step == sequence still."""
+    memory = fct()
+    x = torch.randn(2, 300, 8, dtype=torch.float64)
+    with torch.no_grad():
+        expected = memory.forward_sequence(x)
+    torch.testing.assert_close(steps(memory, x), expected, rtol=0, atol=1e-10)
+
+
 @pytest.mark.parametrize("kwargs", [dict(window=16), dict(sink_kv=True), dict(window=16, sink_kv=True)])
 def test_windowed_and_sink_sequence_mode_builds_no_square_mask(kwargs):
     """A [T, T] bool mask at T = 2048 would be 4 MiB; chunked attention builds at most [chunk, T]."""
