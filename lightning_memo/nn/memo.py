@@ -273,10 +273,11 @@ class MemoMemory(SequenceMemory):
         ``segment_len - p`` steps that complete that segment (attending to memory and held tokens).
 
         Without a hook, a cap or truncated gradients, a summary is encoded in the next chunk's pass, in
-        front of its steps: ``[S_i | C_i+1 | E]`` over the memory ``S_i`` joins. Causal attention there is
-        exactly what both need (``S_i`` sees the memory before it and itself causally; the steps see all
-        of it), and ``S_i`` sits at the positions it would have alone, so the keys/values are the same
-        function and only the separate pass per summary is saved.
+        front of its steps: ``[S_i | C_i+1 | E]``, the older memory as prefix. Causal attention there is
+        exactly what both need (``S_i`` sees the older memory and itself causally; the steps see all of
+        it), and ``S_i`` sits at the positions it would have alone, so its keys/values are the same
+        function and the separate pass per summary is saved. (A cap evicts between the summary's encoding
+        and the next chunk; truncated gradients cut the memory there.)
         """
         cfg, tf = self.config, self.transformer
         B, T, _ = x.shape
