@@ -203,7 +203,8 @@ def _one_query_by_products(q: Tensor, k: Tensor) -> bool:
     ``ONE_QUERY_PRODUCTS_MIN_KEYS`` keys. There the products read a step's cache 1.1-1.3x faster than
     the kernel does (measured at batch 8-16, 4-8 heads, 300-16k keys; below ~256 keys the kernel wins).
     The same function; on a GPU the kernel's decoding path is the faster one."""
-    return q.device.type == "cpu" and q.dtype in (torch.float32, torch.float64) and k.shape[2] >= ONE_QUERY_PRODUCTS_MIN_KEYS
+    on_cpu = q.device.type == "cpu" and q.dtype in (torch.float32, torch.float64)
+    return on_cpu and k.shape[2] >= ONE_QUERY_PRODUCTS_MIN_KEYS
 
 
 class Attention(nn.Module):

@@ -302,7 +302,8 @@ class MemoMemory(SequenceMemory):
             window = PrefixKV(_join(memory.kv, segment), cfg.n_layers, record=lead > 0 or i in hook_kv)
             h = tf(tokens, pos, window, skip)
             if lead:  # the summary encoded in this pass joins the memory
-                memory.append([None if kv is None else (kv[0][:, :, :lead], kv[1][:, :, :lead]) for kv in window.new], lead)
+                joined = [None if kv is None else (kv[0][:, :, :lead], kv[1][:, :, :lead]) for kv in window.new]
+                memory.append(joined, lead)
             if hook is None:
                 outputs.append(h[:, lead : lead + n])
             else:
