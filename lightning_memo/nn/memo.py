@@ -7,9 +7,8 @@ normed outputs at the queries become the summary ``S_i``, appended to ``M`` as i
 
 A memory token only sees older memory tokens and always sits at the same position, so its per-layer
 keys/values are the same in every later window: each summary is encoded once (older memory as KV
-prefix; in the pass of the next chunk, in front of its steps) and its K/V reused as the prefix of later
-chunks -- the same function and gradients as re-encoding ``[M | C_i | E]`` per window, with far fewer
-tokens through the layers.
+prefix) and its K/V reused as the prefix of later chunks -- the same function and gradients as
+re-encoding ``[M | C_i | E]`` per window, with far fewer tokens through the layers.
 
 Step mode (acting) keeps, per row, ``[memory K/V | current segment K/V]`` in a
 :class:`~lightning_memo.nn.backbone.KVCache` (counters ``"memory"``: the memory tokens at the front,
@@ -271,13 +270,6 @@ class MemoMemory(SequenceMemory):
         last chunk (so the memory after the whole input exists, again for refresh). With ``past`` the
         loop starts from its memory, and when it holds ``p`` tokens of a segment the first chunk is the
         ``segment_len - p`` steps that complete that segment (attending to memory and held tokens).
-
-        Without a hook, a cap or truncated gradients, a summary is encoded in the next chunk's pass, in
-        front of its steps: ``[S_i | C_i+1 | E]``, the older memory as prefix. Causal attention there is
-        exactly what both need (``S_i`` sees the older memory and itself causally; the steps see all of
-        it), and ``S_i`` sits at the positions it would have alone, so its keys/values are the same
-        function and the separate pass per summary is saved. (A cap evicts between the summary's encoding
-        and the next chunk; truncated gradients cut the memory there.)
         """
         cfg, tf = self.config, self.transformer
         B, T, _ = x.shape
@@ -285,8 +277,6 @@ class MemoMemory(SequenceMemory):
         memory = MemoryKV(cfg.n_layers) if past is None else past.memory
         segment, held = (None, 0) if past is None else (past.segment, past.held)
         done = 0 if past is None else past.segments
-        fuse = hook is None and cfg.tbptt_segments is None and self._memory_cap() is None
-        pending: Tensor | None = None  # a summary to encode in front of the next chunk (fuse)
         outputs, start, i = [], 0, 0
         while start < T:
             if cfg.tbptt_segments is not None and done + i > 0 and (done + i) % cfg.tbptt_segments == 0:
@@ -295,26 +285,16 @@ class MemoMemory(SequenceMemory):
             chunk = x[:, start : start + size]
             n = chunk.shape[1]
             summarise = n == size and (start + n < T or final_summary)
-            lead = 0 if pending is None else pending.shape[1]
-            parts = [p for p in (pending, chunk, queries if summarise else None) if p is not None]
-            tokens = torch.cat(parts, dim=1) if len(parts) > 1 else chunk
+            tokens = torch.cat((chunk, queries), dim=1) if summarise else chunk
             pos = memory.offset + memory.length + held + torch.arange(tokens.shape[1], device=x.device)
-            window = PrefixKV(_join(memory.kv, segment), cfg.n_layers, record=lead > 0 or i in hook_kv)
+            window = PrefixKV(_join(memory.kv, segment), cfg.n_layers, record=i in hook_kv)
             h = tf(tokens, pos, window, skip)
-            if lead:  # the summary encoded in this pass joins the memory
-                joined = [None if kv is None else (kv[0][:, :, :lead], kv[1][:, :, :lead]) for kv in window.new]
-                memory.append(joined, lead)
             if hook is None:
-                outputs.append(h[:, lead : lead + n])
+                outputs.append(h[:, :n])
             else:
                 hook(i, start, h[:, :n], memory, window.new if i in hook_kv else None)
-            pending = None
             if summarise:
-                summary = h[:, lead + n :]
-                if fuse and start + n < T:
-                    pending = self._prepare_summary(memory, summary)
-                else:
-                    self._write_summary(memory, summary, skip)
+                self._write_summary(memory, h[:, n:], skip)
             segment, held = None, 0
             start, i = start + n, i + 1
         if hook is not None:
@@ -347,21 +327,12 @@ class MemoMemory(SequenceMemory):
         self.transformer(summary, pos, encoder, skip, kv_only=True)
         memory.append(encoder.new, cfg.summary_len)
 
-    def _memory_cap(self) -> int | None:
-        """Memory tokens kept at most (``None``: no cap)."""
-        return self.config.max_memory_tokens
-
-    def _prepare_summary(self, memory: MemoryKV, summary: Tensor) -> Tensor:
-        """Ready ``memory`` for a new summary and return the tokens to encode after it: Memo keeps the
-        memory and appends the summary itself."""
-        return summary
-
     def _write_summary(self, memory: MemoryKV, summary: Tensor, skip: list[bool] | None) -> None:
-        """Sequence mode: ``M <- [M | S_i]`` in a pass of its own, then evict the oldest summaries over the cap."""
-        cfg, cap = self.config, self._memory_cap()
-        self._append_summary(memory, self._prepare_summary(memory, summary), skip)
-        if cap is not None and memory.length > cap:
-            evict = _whole_summaries(memory.length - cap, cfg.summary_len)
+        """Sequence mode: ``M <- [M | S_i]``, then evict the oldest summaries over the cap."""
+        cfg = self.config
+        self._append_summary(memory, summary, skip)
+        if cfg.max_memory_tokens is not None and memory.length > cfg.max_memory_tokens:
+            evict = _whole_summaries(memory.length - cfg.max_memory_tokens, cfg.summary_len)
             memory.evict_front(evict, cfg.position_policy == "rebase", cfg.rope_base)
 
     # ---------------------------------------------------------------- step mode

@@ -6,7 +6,7 @@ it, the summary queries ``E`` last (only when ``C_i`` is full). The normed outpu
 ``S_i`` and the next memory is ``M <- S_i``. Gradients flow through the whole recurrence (BPTT).
 
 Memory tokens are causal among themselves, so their keys/values are those of ``M`` encoded alone at
-positions ``0..m-1``: each memory is encoded once, in front of the chunk it serves. Step mode
+positions ``0..m-1``: each memory is encoded once and used as the KV prefix of its chunk. Step mode
 does exactly the same through the cache (``[memory | segment]`` per row; at a segment end the whole
 row is dropped and the new memory is encoded from position 0), so acting and training compute the
 same function.
@@ -38,13 +38,10 @@ class RMTMemory(MemoMemory):
         """Slots a row can need: the memory, a full segment and the queries."""
         return self.config.segment_len + 2 * self.config.summary_len
 
-    def _memory_cap(self) -> None:
-        return None  # the memory is one summary
-
-    def _prepare_summary(self, memory: MemoryKV, summary: Tensor) -> Tensor:
-        """``M <- S_i``: the old memory goes; the summary is encoded alone at positions ``0..l_sum-1``."""
+    def _write_summary(self, memory: MemoryKV, summary: Tensor, skip: list[bool] | None) -> None:
+        """``M <- S_i``: encode the summary alone at positions ``0..l_sum-1``."""
         memory.clear()
-        return summary
+        self._append_summary(memory, summary, skip)
 
     def _write_summary_rows(self, cache: KVCache, rows: Tensor, summary: Tensor) -> None:
         """Drop the old memory and the segment of ``rows``; the summary is the new memory."""

@@ -170,23 +170,19 @@ def record_positions(memo):
     return calls
 
 
-@pytest.mark.parametrize("cap", [None, 100], ids=["summary-in-next-pass", "summary-pass-of-its-own"])
-def test_position_ids_restart_every_window(cap):
-    memo = make_memo(max_memory_tokens=cap)  # a cap (never reached here) encodes each summary alone
+def test_position_ids_restart_every_window():
+    memo = make_memo()
     calls = record_positions(memo)
     memo.forward_sequence(randn(1, 3 * SEG + 2), segment_len=SEG)
     windows = [c for c in calls if not c[2]]
     encodes = [c for c in calls if c[2]]
-    assert len(windows) == 4
     for i, (n, pos, _) in enumerate(windows):
         m = i * SUM
         chunk = min(SEG, 3 * SEG + 2 - i * SEG)
         queries = SUM if chunk == SEG else 0
-        lead = SUM if cap is None and i > 0 else 0  # the last summary, in front of the chunk
-        # memory occupies 0..m-1 (the summary joining it at m-SUM..m-1), observations m.., queries after them
-        assert pos == list(range(m - lead, m + chunk + queries))
-    expected_encodes = [] if cap is None else [list(range(i * SUM, (i + 1) * SUM)) for i in range(3)]
-    assert [pos for _, pos, _ in encodes] == expected_encodes
+        # memory occupies 0..m-1, observations m.., queries after them
+        assert pos == list(range(m, m + chunk + queries))
+    assert [pos for _, pos, _ in encodes] == [list(range(i * SUM, (i + 1) * SUM)) for i in range(3)]
 
 
 def test_step_mode_positions():
@@ -206,8 +202,8 @@ def test_earlier_segments_reach_later_outputs_only_through_summaries(monkeypatch
     changed = (memo.forward_sequence(x) - memo.forward_sequence(x2)).abs()
     assert changed[:, 1:SEG].max() > 1e-3 and changed[:, SEG:].max() > 1e-3
     # cut the summaries' dependence on their segment: later outputs must not move at all
-    prepare = MemoMemory._prepare_summary
-    monkeypatch.setattr(MemoMemory, "_prepare_summary", lambda self, mem, s: prepare(self, mem, s.detach() * 0))
+    write = MemoMemory._write_summary
+    monkeypatch.setattr(MemoMemory, "_write_summary", lambda self, mem, s, skip: write(self, mem, s.detach() * 0, skip))
     cut = (memo.forward_sequence(x) - memo.forward_sequence(x2)).abs()
     assert cut[:, 1:SEG].max() > 1e-3
     assert cut[:, SEG:].max() == 0.0
