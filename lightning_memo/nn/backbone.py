@@ -167,7 +167,8 @@ def attend(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | Band | None, chunk: i
 
     A :class:`Band` is attended ``chunk`` queries at a time over the keys their band reaches, so the
     largest mask is ``[chunk, lead + chunk + window]`` instead of ``[n, S]`` (same function: the keys
-    left out are exactly the masked ones).
+    left out are exactly the masked ones). One unmasked query per row over a long CPU cache (a step) is
+    attended with matrix products (see :func:`_one_query_by_products`).
     """
     n = q.shape[2]
     if isinstance(mask, Tensor):
@@ -203,8 +204,8 @@ def _one_query_by_products(q: Tensor, k: Tensor) -> bool:
     ``ONE_QUERY_PRODUCTS_MIN_KEYS`` keys. There the products read a step's cache 1.1-1.3x faster than
     the kernel does (measured at batch 8-16, 4-8 heads, 300-16k keys; below ~256 keys the kernel wins).
     The same function; on a GPU the kernel's decoding path is the faster one."""
-    on_cpu = q.device.type == "cpu" and q.dtype in (torch.float32, torch.float64)
-    return on_cpu and k.shape[2] >= ONE_QUERY_PRODUCTS_MIN_KEYS
+    cpu_float = q.device.type == "cpu" and q.dtype in (torch.float32, torch.float64)
+    return cpu_float and k.shape[2] >= ONE_QUERY_PRODUCTS_MIN_KEYS
 
 
 class Attention(nn.Module):
